@@ -1,0 +1,199 @@
+"""One typed configuration, loaded once from YAML and validated.
+
+``conf/default.yaml`` holds the embedded defaults (local Spark, local files).
+A run may name another file with ``--conf``; its keys are merged over the
+defaults, so a cluster file only states what differs. Unknown keys, wrong
+types and bad paths fail fast with the file and the dotted key.
+
+Secrets never live in YAML: they come from the environment only
+(``RINGFENCE_HMAC_KEY``, ``RINGFENCE_SIGNING_KEY``, ``RINGFENCE_REDIS_PASSWORD``).
+Paths may be overridden by environment variables too (see ``ENV_OVERRIDES``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONF = REPO_ROOT / "conf" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file is unreadable or invalid; the message names file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparkConf(_Section):
+    app_name: str = "ringfence"
+    master: str = "local[*]"
+    shuffle_partitions: int = Field(8, ge=1)
+    driver_memory: str = "4g"
+    checkpoint_dir: str = "/tmp/ringfence-checkpoints"
+    # Local jar paths; relative paths are resolved against the repo root.
+    # The default points at the folder ``make setup`` fills with mvn.
+    jars_dir: str | None = ".jars"
+    # Maven coordinates for clusters that resolve packages themselves.
+    jars_packages: list[str] = Field(default_factory=list)
+    # Passed through verbatim to SparkSession.builder.config.
+    extra_conf: dict[str, str] = Field(default_factory=dict)
+    log_level: str = "WARN"
+
+
+class PipelineConf(_Section):
+    lookback_days: int = Field(30, ge=1)
+    # Entities whose label timestamp is after the cut-off are ignored.
+    label_cutoff: Literal["run_start", "ds_start"] = "ds_start"
+
+
+class ValidationConf(_Section):
+    # A table with more than this fraction of rows quarantined fails the run.
+    max_quarantine_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    currencies: list[str] = Field(default_factory=lambda: ["KRW", "USD", "EUR", "JPY"])
+
+
+class HubConf(_Section):
+    # Identifiers shared by more accounts than this are hubs (set aside).
+    max_accounts_per_device: int = Field(8, ge=1)
+    max_accounts_per_ip: int = Field(25, ge=1)
+    max_accounts_per_card: int = Field(6, ge=1)
+    max_accounts_per_merchant: int = Field(50, ge=1)
+    max_transfer_degree: int = Field(60, ge=1)
+    exclude: list[str] = Field(default_factory=list)
+
+
+class RingConf(_Section):
+    min_ring_size: int = Field(3, ge=2)
+    # Components at most this large are refined with networkx in applyInPandas.
+    max_component_for_refinement: int = Field(5000, ge=10)
+    # Overlap (Jaccard) needed to carry a ring id over from the previous night.
+    id_match_jaccard: float = Field(0.3, ge=0.0, le=1.0)
+    # Collections to the driver are allowed only below this many rows.
+    driver_collect_max_rows: int = Field(200_000, ge=0)
+
+
+class ScoringConf(_Section):
+    propagation_iterations: int = Field(10, ge=1)
+    propagation_alpha: float = Field(0.15, gt=0.0, lt=1.0)
+    thresholds: dict[str, float] = Field(
+        default_factory=lambda: {
+            "account": 0.5, "device": 0.5, "ip": 0.6, "card": 0.5, "merchant": 0.8,
+        }
+    )
+    list_ttl_days: int = Field(7, ge=1)
+
+
+class ExportConf(_Section):
+    schema_version: str = "1"
+    formats: list[Literal["parquet", "jsonl.gz"]] = Field(
+        default_factory=lambda: ["parquet", "jsonl.gz"]
+    )
+
+
+class RedisConf(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(6379, ge=1, le=65535)
+    db: int = Field(0, ge=0)
+    username: str | None = None
+    tls: bool = False
+    tls_ca_file: str | None = None
+    namespace: str = "ringfence"
+    keep_versions: int = Field(3, ge=1)
+    # The circuit breaker: refuse to switch when the list changes by more than this.
+    max_change_fraction: float = Field(0.5, ge=0.0)
+    pipeline_batch: int = Field(5000, ge=1)
+
+
+class RingfenceConfig(_Section):
+    spark: SparkConf = SparkConf()
+    pipeline: PipelineConf = PipelineConf()
+    validation: ValidationConf = ValidationConf()
+    hubs: HubConf = HubConf()
+    rings: RingConf = RingConf()
+    scoring: ScoringConf = ScoringConf()
+    export: ExportConf = ExportConf()
+    redis: RedisConf = RedisConf()
+
+
+# Environment variables that override paths (never secrets in YAML).
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "RINGFENCE_SPARK_MASTER": ("spark", "master"),
+    "RINGFENCE_CHECKPOINT_DIR": ("spark", "checkpoint_dir"),
+    "RINGFENCE_JARS_DIR": ("spark", "jars_dir"),
+    "RINGFENCE_REDIS_HOST": ("redis", "host"),
+    "RINGFENCE_REDIS_PORT": ("redis", "port"),
+}
+
+SECRET_KEYS = {"password", "hmac_key", "signing_key", "secret", "token"}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, found {type(data).__name__}")
+    _reject_secrets(path, data, "")
+    return data
+
+
+def _reject_secrets(path: Path, data: dict[str, Any], prefix: str) -> None:
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if str(k).lower() in SECRET_KEYS:
+            raise ConfigError(
+                f"{path}: key '{key}' looks like a secret; secrets come from the environment only"
+            )
+        if isinstance(v, dict):
+            _reject_secrets(path, v, key + ".")
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> RingfenceConfig:
+    """Load ``conf/default.yaml``, merge ``path`` over it, apply env overrides, validate."""
+    env = dict(os.environ) if env is None else env
+    data = _read_yaml(DEFAULT_CONF)
+    source = DEFAULT_CONF
+    if path is not None:
+        source = Path(path)
+        data = _merge(data, _read_yaml(source))
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if var in env:
+            data.setdefault(section, {})[key] = env[var]
+    try:
+        cfg = RingfenceConfig.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"key '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from None
+    jars = cfg.spark.jars_dir
+    if jars and path is not None and "jars_dir" in data.get("spark", {}):
+        if not resolve_path(jars).is_dir():
+            raise ConfigError(f"{source}: key 'spark.jars_dir': no such directory {resolve_path(jars)}")
+    return cfg
+
+
+def resolve_path(p: str) -> Path:
+    """A config path: absolute as given, relative to the repo root otherwise."""
+    path = Path(p)
+    return path if path.is_absolute() else REPO_ROOT / path

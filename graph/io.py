@@ -1,0 +1,138 @@
+"""Reading inputs and writing run outputs atomically.
+
+Every output table of a run lives at ``OUTPUT/ds=YYYY-MM-DD/<table>/``. A
+table is first written to ``OUTPUT/ds=.../_staging/<table>-<token>/`` and
+then renamed into place, so a reader (or a re-run after a kill) never sees a
+half-written table: it sees the old complete table or the new one. Renames
+go through Hadoop's FileSystem API, so the same code works on local disk,
+HDFS and object stores with a committer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+
+STAGING = "_staging"
+
+
+def run_dir(output_root: str, ds: dt.date | str) -> str:
+    return f"{str(output_root).rstrip('/')}/ds={ds}"
+
+
+def table_path(output_root: str, ds: dt.date | str, table: str) -> str:
+    return f"{run_dir(output_root, ds)}/{table}"
+
+
+def _fs(spark: SparkSession, path: str):
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return fs, hpath, jvm
+
+
+def exists(spark: SparkSession, path: str) -> bool:
+    fs, hpath, _ = _fs(spark, path)
+    return bool(fs.exists(hpath))
+
+
+def delete(spark: SparkSession, path: str) -> None:
+    fs, hpath, _ = _fs(spark, path)
+    if fs.exists(hpath):
+        fs.delete(hpath, True)
+
+
+def _replace(spark: SparkSession, staged: str, final: str) -> None:
+    """Move ``staged`` to ``final``, replacing what was there.
+
+    The old table is first renamed aside, then the new one into place, then
+    the old one deleted: at every instant ``final`` is absent or complete.
+    """
+    fs, src, jvm = _fs(spark, staged)
+    dst = jvm.org.apache.hadoop.fs.Path(final)
+    old = None
+    if fs.exists(dst):
+        old = jvm.org.apache.hadoop.fs.Path(f"{staged}.old")
+        if not fs.rename(dst, old):
+            raise OSError(f"could not move aside {final}")
+    fs.mkdirs(dst.getParent())
+    if not fs.rename(src, dst):
+        if old is not None:
+            fs.rename(old, dst)
+        raise OSError(f"could not rename {staged} to {final}")
+    if old is not None:
+        fs.delete(old, True)
+
+
+def write_table(df: DataFrame, output_root: str, ds: dt.date | str, table: str,
+                partition_by: list[str] | None = None) -> str:
+    """Write ``df`` as Parquet to ``OUTPUT/ds=.../table`` atomically; return the final path."""
+    spark = df.sparkSession
+    final = table_path(output_root, ds, table)
+    staged = f"{run_dir(output_root, ds)}/{STAGING}/{table}-{uuid.uuid4().hex[:12]}"
+    writer = df.write.mode("overwrite")
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    writer.parquet(staged)
+    _replace(spark, staged, final)
+    return final
+
+
+def write_json(spark: SparkSession, path: str, obj: Any) -> None:
+    """Write a small JSON document atomically (temp file + rename)."""
+    fs, hpath, jvm = _fs(spark, path)
+    tmp = jvm.org.apache.hadoop.fs.Path(f"{path}.tmp-{uuid.uuid4().hex[:8]}")
+    fs.mkdirs(hpath.getParent())
+    out = fs.create(tmp, True)
+    try:
+        out.write(bytearray(json.dumps(obj, indent=2, default=str, sort_keys=True).encode()))
+    finally:
+        out.close()
+    if fs.exists(hpath):
+        fs.delete(hpath, False)
+    if not fs.rename(tmp, hpath):
+        raise OSError(f"could not rename {tmp} to {path}")
+
+
+def read_json(spark: SparkSession, path: str) -> Any:
+    fs, hpath, jvm = _fs(spark, path)
+    if not fs.exists(hpath):
+        return None
+    stream = fs.open(hpath)
+    try:
+        reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
+        lines = []
+        line = reader.readLine()
+        while line is not None:
+            lines.append(line)
+            line = reader.readLine()
+    finally:
+        stream.close()
+    return json.loads("\n".join(lines))
+
+
+def clear_staging(spark: SparkSession, output_root: str, ds: dt.date | str) -> None:
+    """Remove leftovers of a killed run (called at the start of every run)."""
+    delete(spark, f"{run_dir(output_root, ds)}/{STAGING}")
+
+
+def read_output(spark: SparkSession, output_root: str, ds: dt.date | str, table: str) -> DataFrame:
+    return spark.read.parquet(table_path(output_root, ds, table))
+
+
+def previous_run_ds(spark: SparkSession, output_root: str, ds: dt.date | str) -> str | None:
+    """The latest ``ds`` before this one that has a complete run (``_RUN_COMPLETE`` marker)."""
+    fs, hpath, jvm = _fs(spark, str(output_root))
+    if not fs.exists(hpath):
+        return None
+    found = []
+    for status in fs.listStatus(hpath):
+        name = status.getPath().getName()
+        if name.startswith("ds=") and name[3:] < str(ds):
+            if fs.exists(jvm.org.apache.hadoop.fs.Path(f"{status.getPath().toString()}/_RUN_COMPLETE")):
+                found.append(name[3:])
+    return max(found) if found else None

@@ -1,0 +1,1 @@
+"""Thin PySpark entry points: parse arguments, build the session, call ``graph``."""

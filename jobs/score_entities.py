@@ -1,0 +1,15 @@
+"""spark-submit entry point: Behavioural signals, risk propagation, ring typing, scores and reasons.
+
+    spark-submit jobs/score_entities.py --input IN --output OUT --ds YYYY-MM-DD [--conf FILE]
+"""
+
+import sys
+from pathlib import Path
+
+# spark-submit runs this file as a script: make the repo importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from jobs._common import stage_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(stage_main("score".split(","), __doc__))
