@@ -25,7 +25,7 @@ from graph.config import RingfenceConfig
 
 log = logging.getLogger(__name__)
 
-STAGES = ("validate", "graph", "rings", "score", "export")
+STAGES = ("validate", "graph", "signals", "rings", "score", "export")
 
 
 @dataclass
@@ -123,11 +123,21 @@ def _stage_rings(ctx: RunContext) -> dict[str, Any]:
     raise NotImplementedError("ring discovery lands with issue 5")
 
 
-def _stage_score(ctx: RunContext) -> dict[str, Any]:
-    from graph.signals import entity_signals
+def _stage_signals(ctx: RunContext) -> dict[str, Any]:
+    from graph.signals import entity_signals, signal_reasons
 
     signals = entity_signals(ctx.spark, ctx.cfg, clean_inputs(ctx), ctx.ds, ctx.lookback_days)
-    io.write_table(signals, ctx.output_root, ctx.ds, "signals")
+    io.write_table(signal_reasons(signals, ctx.cfg), ctx.output_root, ctx.ds, "signals")
+    counts = (io.read_output(ctx.spark, ctx.output_root, ctx.ds, "signals")
+              .groupBy("entity_type").count().collect())  # one row per entity type
+    return {"entities_by_type": {r["entity_type"]: int(r["count"]) for r in counts}}
+
+
+def _stage_score(ctx: RunContext) -> dict[str, Any]:
+    from graph.session import require_graphframes
+
+    # Risk propagation runs on GraphFrames (aggregateMessages / Pregel).
+    require_graphframes(ctx.spark, ctx.cfg.spark)
     raise NotImplementedError("risk propagation and lists land with issue 6")
 
 
@@ -140,6 +150,7 @@ def _stage_export(ctx: RunContext) -> dict[str, Any]:
 STAGE_FUNCS: dict[str, Callable[[RunContext], dict[str, Any]]] = {
     "validate": _stage_validate,
     "graph": _stage_graph,
+    "signals": _stage_signals,
     "rings": _stage_rings,
     "score": _stage_score,
     "export": _stage_export,
@@ -164,14 +175,18 @@ def run_pipeline(
                      lookback_days or cfg.pipeline.lookback_days)
     io.clear_staging(spark, ctx.output_root, ds)
     fingerprint = input_fingerprint(spark, ctx.input_root, ctx.window_start, ds)
+    run_id = f"{ds}-{fingerprint[:12]}"
+    previous = io.read_json(spark, f"{ctx.run_dir}/run_summary.json") or {}
     summary: dict[str, Any] = {
-        "run_id": f"{ds}-{fingerprint[:12]}",
+        "run_id": run_id,
         "ds": str(ds),
         "input": ctx.input_root,
         "input_fingerprint": fingerprint,
         "window": [str(ctx.window_start), str(ds)],
         "output": ctx.run_dir,
-        "stages": {},
+        # Stages run as separate spark-submits (one Airflow task each) add to
+        # the same summary as long as the inputs are unchanged.
+        "stages": previous.get("stages", {}) if previous.get("run_id") == run_id else {},
     }
     for name in stages:
         t0 = time.time()

@@ -12,4 +12,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from jobs._common import stage_main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(stage_main("score".split(","), __doc__))
+    sys.exit(stage_main("signals,score".split(","), __doc__))

@@ -1,0 +1,125 @@
+"""Ring refinement (networkx in applyInPandas), stable ring ids, ring tables.
+
+Candidate components come from GraphFrames in the pipeline; here they are
+computed with networkx on tiny hand-made graphs so that the refinement and
+id logic is checked on its own.
+"""
+
+import datetime as dt
+import itertools
+
+import networkx as nx
+import pytest
+
+from graph.rings import assign_ring_ids, refine_components, ring_tables
+
+pytestmark = pytest.mark.spark
+D1, D2 = dt.date(2026, 11, 23), dt.date(2026, 11, 24)
+
+
+def _components(spark, edges):
+    g = nx.Graph()
+    g.add_edges_from((s, d) for s, d, *_ in edges)
+    rows = [(v, min(c)) for c in nx.connected_components(g) for v in c]
+    return spark.createDataFrame(rows, "id string, component string")
+
+
+def _edges(spark, edges):
+    rows = [(s, d, float(w), float(f)) for s, d, w, f in edges]
+    return spark.createDataFrame(rows, "src string, dst string, weight double, flow double")
+
+
+def clique(prefix, n, w=1.0):
+    names = [f"account:{prefix}{i}" for i in range(n)]
+    return [(a, b, w, 0.0) for a, b in itertools.combinations(names, 2)]
+
+
+def test_two_cliques_joined_by_a_weak_edge_become_two_communities(spark, config):
+    edges = clique("x", 5, 3.0) + clique("y", 5, 3.0) + [("account:x0", "account:y0", 0.1, 0.0)]
+    got = refine_components(_components(spark, edges), _edges(spark, edges), config).collect()
+    groups = {}
+    for r in got:
+        groups.setdefault(r["community"], set()).add(r["id"])
+    assert sorted(map(sorted, groups.values())) == [
+        [f"account:x{i}" for i in range(5)], [f"account:y{i}" for i in range(5)]]
+    assert {r["method"] for r in got} == {"louvain"}
+    assert {r["n_vertices"] for r in got} == {5} and {r["n_edges"] for r in got} == {10}
+
+
+def test_groups_below_min_ring_size_are_not_rings(spark, config):
+    edges = clique("p", 2) + clique("q", 4)
+    got = refine_components(_components(spark, edges), _edges(spark, edges), config).collect()
+    assert {r["id"] for r in got} == {f"account:q{i}" for i in range(4)}
+
+
+def test_large_components_fall_back_and_giant_ones_stay_whole(spark, config):
+    small_cap = config.model_copy(update={"rings": config.rings.model_copy(
+        update={"max_component_for_refinement": 10})})
+    chain = [(f"account:c{i}", f"account:c{i + 1}", 1.0, 0.0) for i in range(14)]  # 15 vertices
+    giant = [(f"account:g{i}", f"account:g{i + 1}", 1.0, 0.0) for i in range(120)]  # 121 vertices
+    edges = chain + giant
+    rows = refine_components(_components(spark, edges), _edges(spark, edges), small_cap).collect()
+    methods = {r["id"][:9]: r["method"] for r in rows}
+    assert methods["account:c"] == "label_propagation"
+    giant_rows = [r for r in rows if r["id"].startswith("account:g")]
+    assert len(giant_rows) == 121 and {r["method"] for r in giant_rows} == {"unrefined"}
+    assert len({r["community"] for r in giant_rows}) == 1
+
+
+def test_roles_follow_money_flow(spark, config):
+    # a -> c and b -> c move money into c; d only shares a device with them.
+    edges = [("account:a", "account:c", 2.0, 100.0), ("account:b", "account:c", 2.0, 80.0),
+             ("account:a", "device:d1", 1.0, 0.0), ("account:b", "device:d1", 1.0, 0.0),
+             ("account:c", "device:d1", 1.0, 0.0)]
+    rows = refine_components(_components(spark, edges), _edges(spark, edges), config).collect()
+    roles = {r["id"]: r["role"] for r in rows}
+    assert roles == {"account:a": "sender", "account:b": "sender", "account:c": "collector",
+                     "device:d1": "shared_device"}
+
+
+def _communities(spark, groups):
+    rows = [("c", key, v, "member", 1.0, 0.0, len(vs), 1, "louvain") for key, vs in groups.items() for v in vs]
+    return spark.createDataFrame(rows, "component string, community string, id string, role string, "
+                                       "weighted_degree double, net_flow double, n_vertices long, "
+                                       "n_edges long, method string")
+
+
+def test_ring_ids_are_stable_across_nights(spark):
+    night1 = _communities(spark, {"k1": ["account:a", "account:b", "account:c", "account:d"],
+                                  "k2": ["account:x", "account:y", "account:z"]})
+    ids1 = assign_ring_ids(night1, None, None, D1, 0.3)
+    rings1, members1 = ring_tables(night1, ids1, D1)
+    r1 = {r["community"]: r["ring_id"] for r in ids1.collect()}
+    assert len(set(r1.values())) == 2
+
+    # Night 2: ring k1 lost d and gained e (Jaccard 3/5); k2 is gone; a new group appears.
+    night2 = _communities(spark, {"n1": ["account:a", "account:b", "account:c", "account:e"],
+                                  "n3": ["account:p", "account:q", "account:r"]})
+    ids2 = {r["community"]: r for r in assign_ring_ids(night2, members1, rings1, D2, 0.3).collect()}
+    assert ids2["n1"]["ring_id"] == r1["k1"]
+    assert ids2["n1"]["first_seen"] == D1
+    assert ids2["n1"]["matched_jaccard"] == pytest.approx(3 / 5)
+    assert ids2["n3"]["ring_id"] not in r1.values() and ids2["n3"]["first_seen"] == D2
+
+
+def test_a_split_ring_keeps_its_id_on_the_larger_part_only(spark):
+    night1 = _communities(spark, {"k": [f"account:m{i}" for i in range(6)]})
+    ids1 = assign_ring_ids(night1, None, None, D1, 0.3)
+    rings1, members1 = ring_tables(night1, ids1, D1)
+    old = ids1.first()["ring_id"]
+    night2 = _communities(spark, {"big": [f"account:m{i}" for i in range(4)],
+                                  "small": ["account:m4", "account:m5", "account:new"]})
+    ids2 = {r["community"]: r["ring_id"] for r in assign_ring_ids(night2, members1, rings1, D2, 0.3).collect()}
+    assert ids2["big"] == old and ids2["small"] != old
+
+
+def test_ring_tables_count_members_by_type_and_density(spark):
+    comms = _communities(spark, {"k": ["account:a", "account:b", "device:d", "card:k"]})
+    comms = comms.withColumn("n_edges", comms["n_edges"] * 0 + 4)
+    rings, members = ring_tables(comms, assign_ring_ids(comms, None, None, D1, 0.3), D1)
+    r = rings.first()
+    assert (r["size"], r["n_accounts"], r["n_devices"], r["n_cards"], r["n_ips"]) == (4, 2, 1, 1, 0)
+    assert r["density"] == pytest.approx(4 / 6)
+    assert r["first_seen"] == D1 and r["last_seen"] == D1
+    assert sorted((m["entity_type"], m["entity_id"]) for m in members.collect()) == [
+        ("account", "a"), ("account", "b"), ("card", "k"), ("device", "d")]
