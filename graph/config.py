@@ -67,6 +67,16 @@ class HubConf(_Section):
     max_accounts_per_merchant: int = Field(50, ge=1)
     max_transfer_degree: int = Field(60, ge=1)
     exclude: list[str] = Field(default_factory=list)
+    # Distribution-aware cap (graph/hubs.py): also a hub when the degree exceeds
+    # max(outlier_min_degree, outlier_multiplier x the outlier_quantile of its type).
+    outlier_quantile: float = Field(0.99, gt=0.0, lt=1.0)
+    outlier_multiplier: float | None = Field(3.0, gt=0.0)  # null disables the rule
+    outlier_min_degree: int = Field(10, ge=1)
+    # Merchants link strangers: only merchants with at most this many accounts
+    # link accounts in the account projection (0 = merchants never link).
+    merchant_link_max_accounts: int = Field(3, ge=0)
+    # Edge weights (graph/build.py): an event's weight halves every this many days.
+    edge_half_life_days: float = Field(7.0, gt=0.0)
 
 
 class RingConf(_Section):
@@ -79,7 +89,43 @@ class RingConf(_Section):
     driver_collect_max_rows: int = Field(200_000, ge=0)
 
 
+class SignalConf(_Section):
+    """Per-entity behavioural signals (graph/signals.py) and when they become reasons."""
+
+    # Authorisations at or below this amount (per currency) count as "tiny".
+    tiny_amount: dict[str, float] = Field(
+        default_factory=lambda: {"KRW": 1000.0, "USD": 1.0, "EUR": 1.0, "JPY": 100.0}
+    )
+    # A session whose tap-interval CV is below this looks machine-driven.
+    bot_tap_cv: float = Field(0.1, ge=0.0)
+    impossible_speed_kmh: float = Field(900.0, gt=0.0)
+    # IP geolocation is city-level at best: shorter hops are noise, not travel.
+    geo_min_distance_km: float = Field(500.0, ge=0.0)
+    # Floor on the time between sessions, so simultaneous sessions have a finite speed.
+    geo_min_gap_minutes: float = Field(1.0, gt=0.0)
+    # Inflow counts as passed through when it leaves within this many hours.
+    pass_through_hours: float = Field(48.0, gt=0.0)
+    # Reasons: a signal becomes a reason text only past these thresholds.
+    reason_min_attempts: int = Field(20, ge=1)
+    reason_decline_rate: float = Field(0.5, ge=0.0, le=1.0)
+    reason_tiny_share: float = Field(0.5, ge=0.0, le=1.0)
+    reason_distinct_cards: int = Field(10, ge=2)
+    reason_top_bin_share: float = Field(0.8, ge=0.0, le=1.0)
+    reason_merchants_per_card: int = Field(10, ge=2)
+    reason_bot_min_sessions: int = Field(5, ge=1)
+    reason_gap_cv: float = Field(0.1, ge=0.0)
+    reason_gap_min_events: int = Field(10, ge=3)
+    reason_day_burst_ratio: float = Field(10.0, ge=1.0)
+    reason_burst_min_events: int = Field(20, ge=1)
+    reason_pass_through: float = Field(0.8, ge=0.0, le=1.0)
+    reason_pass_through_min_inflows: int = Field(3, ge=1)
+    reason_fan: int = Field(10, ge=2)
+    reason_new_account_days: int = Field(14, ge=0)
+    reason_new_account_min_inflows: int = Field(5, ge=1)
+
+
 class ScoringConf(_Section):
+    signals: SignalConf = SignalConf()
     propagation_iterations: int = Field(10, ge=1)
     propagation_alpha: float = Field(0.15, gt=0.0, lt=1.0)
     thresholds: dict[str, float] = Field(
@@ -95,6 +141,8 @@ class ExportConf(_Section):
     formats: list[Literal["parquet", "jsonl.gz"]] = Field(
         default_factory=lambda: ["parquet", "jsonl.gz"]
     )
+    # Diff: a score moving by more than this counts as "score changed".
+    score_change_epsilon: float = Field(1e-9, ge=0.0)
 
 
 class RedisConf(_Section):
@@ -109,6 +157,12 @@ class RedisConf(_Section):
     # The circuit breaker: refuse to switch when the list changes by more than this.
     max_change_fraction: float = Field(0.5, ge=0.0)
     pipeline_batch: int = Field(5000, ge=1)
+    # Circuit breaker on composition: total variation distance of the shares by
+    # entity type and by ring type versus the live version.
+    max_composition_change: float = Field(0.3, ge=0.0, le=1.0)
+    socket_timeout_s: float = Field(5.0, gt=0.0)
+    # Scorer client: re-read the live pointer at most this often (0 = every call).
+    client_refresh_ms: int = Field(1000, ge=0)
 
 
 class RingfenceConfig(_Section):

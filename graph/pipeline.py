@@ -124,10 +124,11 @@ def _stage_rings(ctx: RunContext) -> dict[str, Any]:
 
 
 def _stage_signals(ctx: RunContext) -> dict[str, Any]:
-    from graph.signals import entity_signals, signal_reasons
+    from graph.signals import entity_signals
 
+    # entity_signals already carries the `signal_reasons` texts.
     signals = entity_signals(ctx.spark, ctx.cfg, clean_inputs(ctx), ctx.ds, ctx.lookback_days)
-    io.write_table(signal_reasons(signals, ctx.cfg), ctx.output_root, ctx.ds, "signals")
+    io.write_table(signals, ctx.output_root, ctx.ds, "signals")
     counts = (io.read_output(ctx.spark, ctx.output_root, ctx.ds, "signals")
               .groupBy("entity_type").count().collect())  # one row per entity type
     return {"entities_by_type": {r["entity_type"]: int(r["count"]) for r in counts}}
