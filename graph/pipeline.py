@@ -104,7 +104,7 @@ def _stage_graph(ctx: RunContext) -> dict[str, Any]:
     from graph.build import build_identity_graph, graph_stats
     from graph.hubs import find_hubs
 
-    g = build_identity_graph(ctx.spark, ctx.cfg, clean_inputs(ctx), ctx.ds)
+    g = build_identity_graph(ctx.spark, ctx.cfg, clean_inputs(ctx), ctx.ds, ctx.lookback_days)
     hubs = find_hubs(ctx.cfg, g)
     io.write_table(g.vertices, ctx.output_root, ctx.ds, "graph/vertices")
     io.write_table(g.edges, ctx.output_root, ctx.ds, "graph/edges")
