@@ -39,6 +39,11 @@ def jars_status(conf: SparkConf) -> str:
     return marker.read_text().strip() if marker.is_file() else ""
 
 
+def launched_by_spark_submit() -> bool:
+    """True inside a Python app started by ``spark-submit`` (it hands over a JVM gateway)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
 def build_session(conf: SparkConf, app_name: str | None = None):
     """Build (or get) the SparkSession described by ``conf``."""
     # Workers must run the same interpreter as the driver, or pandas UDFs
@@ -47,10 +52,13 @@ def build_session(conf: SparkConf, app_name: str | None = None):
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     from pyspark.sql import SparkSession
 
+    builder = SparkSession.builder.appName(app_name or conf.app_name)
+    if not launched_by_spark_submit():
+        # Under spark-submit the launcher's --master (e.g. the Airflow
+        # connection) decides; a builder master would silently override it.
+        builder = builder.master(conf.master)
     builder = (
-        SparkSession.builder.appName(app_name or conf.app_name)
-        .master(conf.master)
-        .config("spark.sql.shuffle.partitions", str(conf.shuffle_partitions))
+        builder.config("spark.sql.shuffle.partitions", str(conf.shuffle_partitions))
         .config("spark.driver.memory", conf.driver_memory)
         .config("spark.sql.session.timeZone", "UTC")
     )
