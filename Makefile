@@ -15,7 +15,9 @@ setup:
 run: setup
 	@[ -f $(SAMPLE)/_WORLD_COMPLETE ] || $(BIN)/ringfence generate --out $(SAMPLE) --accounts 20000 \
 	    --days 30 --end-date $(SAMPLE_DS) --seed 7
-	$(BIN)/ringfence run --input $(SAMPLE) --output $(SAMPLE_OUT) --ds $(SAMPLE_DS)
+	@bash scripts/dev_keys.sh
+	set -a && source .secrets/dev.env && set +a && \
+	    $(BIN)/ringfence run --input $(SAMPLE) --output $(SAMPLE_OUT) --ds $(SAMPLE_DS)
 
 test: setup
 	bash scripts/test.sh
