@@ -10,12 +10,19 @@ HDFS and object stores with a committer.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import os
+import socket
+import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
+
+from graph.errors import RingfenceError
 
 STAGING = "_staging"
 
@@ -116,8 +123,69 @@ def read_json(spark: SparkSession, path: str) -> Any:
 
 
 def clear_staging(spark: SparkSession, output_root: str, ds: dt.date | str) -> None:
-    """Remove leftovers of a killed run (called at the start of every run)."""
+    """Remove leftovers of a killed run (called at the start of every run, under the run lock)."""
     delete(spark, f"{run_dir(output_root, ds)}/{STAGING}")
+
+
+class RunLocked(RingfenceError):
+    """Another live run holds this ``ds``."""
+
+
+LOCK = "_LOCK"
+STALE_LOCK_SECONDS = 6 * 3600
+
+
+def _holder_alive(holder: dict[str, Any]) -> bool:
+    if holder.get("host") == socket.gethostname():
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, KeyError, ValueError):
+            return True
+        return True
+    # Another machine: trust the lock until it is stale.
+    return time.time() - float(holder.get("started", 0)) < STALE_LOCK_SECONDS
+
+
+@contextlib.contextmanager
+def run_lock(spark: SparkSession, output_root: str, ds: dt.date | str) -> Iterator[None]:
+    """Hold ``OUTPUT/ds=.../_LOCK`` while a run writes, so two runs of one ``ds`` never interleave.
+
+    The lock file is created with overwrite=false, which is atomic on local
+    disk and HDFS. A lock left by a killed run (its process gone on this host,
+    or older than ``STALE_LOCK_SECONDS`` elsewhere) is taken over; a live one
+    makes this run fail fast with ``RunLocked`` naming the holder.
+    """
+    path = f"{run_dir(output_root, ds)}/{LOCK}"
+    fs, hpath, _ = _fs(spark, path)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "token": uuid.uuid4().hex}
+    fs.mkdirs(hpath.getParent())
+    for _attempt in range(2):
+        try:
+            out = fs.create(hpath, False)
+        except Exception:  # the JVM says FileAlreadyExistsException
+            holder = read_json(spark, path) or {}
+            if _holder_alive(holder):
+                raise RunLocked(
+                    f"ds={ds} is being processed by pid {holder.get('pid')} on {holder.get('host')} "
+                    f"since {dt.datetime.fromtimestamp(float(holder.get('started', 0)), dt.UTC):%Y-%m-%d %H:%M:%S} UTC; "
+                    f"remove {path} only if that run is dead") from None
+            fs.delete(hpath, False)
+            continue
+        try:
+            out.write(bytearray(json.dumps(me).encode()))
+        finally:
+            out.close()
+        break
+    else:
+        raise RunLocked(f"could not take {path}")
+    try:
+        yield
+    finally:
+        holder = read_json(spark, path) or {}
+        if holder.get("token") == me["token"]:
+            fs.delete(hpath, False)
 
 
 def read_output(spark: SparkSession, output_root: str, ds: dt.date | str, table: str) -> DataFrame:

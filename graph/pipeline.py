@@ -174,7 +174,15 @@ def run_pipeline(
         raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
     ctx = RunContext(spark, cfg, str(input_root), str(output_root), ds,
                      lookback_days or cfg.pipeline.lookback_days)
+    with io.run_lock(spark, ctx.output_root, ds):
+        return _run_stages(ctx, stages)
+
+
+def _run_stages(ctx: RunContext, stages: list[str]) -> dict[str, Any]:
+    spark, ds = ctx.spark, ctx.ds
     io.clear_staging(spark, ctx.output_root, ds)
+    # Until this run finishes, the ds is not complete (tables get replaced one by one).
+    io.delete(spark, f"{ctx.run_dir}/_RUN_COMPLETE")
     fingerprint = input_fingerprint(spark, ctx.input_root, ctx.window_start, ds)
     run_id = f"{ds}-{fingerprint[:12]}"
     previous = io.read_json(spark, f"{ctx.run_dir}/run_summary.json") or {}
