@@ -61,9 +61,9 @@ class ValidationConf(_Section):
 
 class HubConf(_Section):
     # Identifiers shared by more accounts than this are hubs (set aside).
-    max_accounts_per_device: int = Field(8, ge=1)
+    max_accounts_per_device: int = Field(50, ge=1)
     max_accounts_per_ip: int = Field(25, ge=1)
-    max_accounts_per_card: int = Field(6, ge=1)
+    max_accounts_per_card: int = Field(50, ge=1)
     max_accounts_per_merchant: int = Field(50, ge=1)
     max_transfer_degree: int = Field(60, ge=1)
     exclude: list[str] = Field(default_factory=list)

@@ -200,7 +200,13 @@ def _run_stages(ctx: RunContext, stages: list[str]) -> dict[str, Any]:
     for name in stages:
         t0 = time.time()
         log.info("stage %s: start (ds=%s)", name, ds)
-        result = STAGE_FUNCS[name](ctx)
+        try:
+            result = STAGE_FUNCS[name](ctx)
+        except Exception as e:
+            # Leave a record of how far the run got and why it stopped.
+            summary["failed_stage"] = {"stage": name, "error": f"{type(e).__name__}: {str(e)[:400]}"}
+            io.write_json(spark, f"{ctx.run_dir}/run_summary.json", summary)
+            raise
         summary["stages"][name] = {"seconds": round(time.time() - t0, 1), **(result or {})}
         log.info("stage %s: done in %.1f s", name, time.time() - t0)
         io.write_json(spark, f"{ctx.run_dir}/run_summary.json", summary)

@@ -51,8 +51,8 @@ else
   for art in graphframes-spark4_2.13 graphframes-graphx-spark4_2.13; do
     coord="io.graphframes:$art:$GF_VERSION"
     echo "[setup] mvn fetch $coord"
-    if ! out=$(mvn -B -q -U dependency:copy -Dartifact="$coord:jar" -DoutputDirectory="$JARS" 2>&1); then
-      echo "$coord: $(echo "$out" | grep -E 'Could not|Missing|ERROR' | head -3 | tr '\n' ' ')" >> "$JARS/UNAVAILABLE.txt.tmp"
+    if ! out=$(mvn -B -q -U -Dstyle.color=never dependency:copy -Dartifact="$coord:jar" -DoutputDirectory="$JARS" 2>&1); then
+      echo "$coord: $(echo "$out" | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'Could not|Missing|not found|ERROR' | head -2 | tr '\n' ' ')" >> "$JARS/UNAVAILABLE.txt.tmp"
     fi
   done
   if [ -s "$JARS/UNAVAILABLE.txt.tmp" ]; then
