@@ -129,7 +129,8 @@ def test_exclusion_list(config, nat_graph):
     hubs = find_hubs(cfg, nat_graph)
     fam = hubs.where(F.col("id") == "device:fam-dev").collect()
     assert [(r.rule, r.reason, r.degree, r.cap) for r in fam] == [
-        ("excluded", "listed in hubs.exclude (device shared by 3 accounts)", 3, 8)
+        ("excluded", "listed in hubs.exclude (device shared by 3 accounts)", 3,
+         cfg.hubs.max_accounts_per_device)
     ]
     assert hubs.count() == 3  # plus the NAT IP and the giant merchant
     assert account_projection(nat_graph, hubs).count() == 0  # the family is no longer linked
