@@ -93,7 +93,12 @@ def _stage_validate(ctx: RunContext) -> dict[str, Any]:
 
 
 def clean_inputs(ctx: RunContext):
-    """The validated input tables (recomputed from the inputs; cheap, deterministic)."""
+    """The validated input tables, recomputed from the inputs (deterministic).
+
+    This repeats the validation pass in every stage that needs clean inputs;
+    docs/benchmarks.md shows it is a large share of stage time, so writing the
+    clean tables once per run is the next optimisation.
+    """
     from graph.validate import read_inputs, validate_inputs
 
     tables = read_inputs(ctx.spark, ctx.input_root, ctx.ds, ctx.lookback_days)
