@@ -196,17 +196,8 @@ def _move(spark: SparkSession, src: str, dst: str) -> None:
 
 def previous_export(spark: SparkSession, output_root: str, ds: dt.date | str) -> str | None:
     """The latest committed export of an earlier ``ds`` (the hash chain's previous link)."""
-    fs, hroot, _ = io._fs(spark, str(output_root))
-    if not fs.exists(hroot):
-        return None
-    found = []
-    for status in fs.listStatus(hroot):
-        name = status.getPath().getName()
-        if name.startswith("ds=") and name[3:] < str(ds):
-            candidate = io.table_path(output_root, name[3:], EXPORT_TABLE)
-            if fs.exists(_path(spark, f"{candidate}/{COMMITTED}")):
-                found.append(name[3:])
-    return io.table_path(output_root, max(found), EXPORT_TABLE) if found else None
+    prev = io.latest_ds_before(spark, output_root, ds, f"{EXPORT_TABLE}/{COMMITTED}")
+    return io.table_path(output_root, prev, EXPORT_TABLE) if prev else None
 
 
 def _run_identity(spark: SparkSession, output_root: str, ds) -> tuple[str, str]:

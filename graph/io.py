@@ -192,8 +192,8 @@ def read_output(spark: SparkSession, output_root: str, ds: dt.date | str, table:
     return spark.read.parquet(table_path(output_root, ds, table))
 
 
-def previous_run_ds(spark: SparkSession, output_root: str, ds: dt.date | str) -> str | None:
-    """The latest ``ds`` before this one that has a complete run (``_RUN_COMPLETE`` marker)."""
+def latest_ds_before(spark: SparkSession, output_root: str, ds: dt.date | str, marker: str) -> str | None:
+    """The latest ``ds`` before this one whose run folder holds ``marker`` (a relative path)."""
     fs, hpath, jvm = _fs(spark, str(output_root))
     if not fs.exists(hpath):
         return None
@@ -201,6 +201,11 @@ def previous_run_ds(spark: SparkSession, output_root: str, ds: dt.date | str) ->
     for status in fs.listStatus(hpath):
         name = status.getPath().getName()
         if name.startswith("ds=") and name[3:] < str(ds):
-            if fs.exists(jvm.org.apache.hadoop.fs.Path(f"{status.getPath().toString()}/_RUN_COMPLETE")):
+            if fs.exists(jvm.org.apache.hadoop.fs.Path(f"{status.getPath().toString()}/{marker}")):
                 found.append(name[3:])
     return max(found) if found else None
+
+
+def previous_run_ds(spark: SparkSession, output_root: str, ds: dt.date | str) -> str | None:
+    """The latest ``ds`` before this one that has a complete run (``_RUN_COMPLETE`` marker)."""
+    return latest_ds_before(spark, output_root, ds, "_RUN_COMPLETE")
