@@ -140,60 +140,6 @@ def diff_lists(new: DataFrame, old: DataFrame, epsilon: float) -> DataFrame:
             .where(F.col(CHANGE).isNotNull()))
 
 
-# --- file-system helpers (Hadoop FS: the same code on local disk, HDFS, object stores) --
-
-
-def _path(spark: SparkSession, p: str):
-    return spark.sparkContext._jvm.org.apache.hadoop.fs.Path(p)
-
-
-def _write_bytes(spark: SparkSession, path: str, data: bytes) -> None:
-    fs, hpath, _ = io._fs(spark, path)
-    out = fs.create(hpath, True)
-    try:
-        out.write(bytearray(data))
-    finally:
-        out.close()
-
-
-def _read_bytes(spark: SparkSession, path: str) -> bytes:
-    fs, hpath, jvm = io._fs(spark, path)
-    stream = fs.open(hpath)
-    try:
-        return bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
-    finally:
-        stream.close()
-
-
-def file_digest(spark: SparkSession, path: str) -> tuple[str, int]:
-    """SHA-256 (hex) and size of a file, streamed inside the JVM (never loaded whole)."""
-    fs, hpath, jvm = io._fs(spark, path)
-    md = jvm.java.security.MessageDigest.getInstance("SHA-256")
-    stream = jvm.java.security.DigestInputStream(fs.open(hpath), md)
-    try:
-        jvm.org.apache.hadoop.io.IOUtils.copyBytes(stream, jvm.java.io.OutputStream.nullOutputStream(),
-                                                   1 << 16, False)
-    finally:
-        stream.close()
-    return bytes(md.digest()).hex(), int(fs.getFileStatus(hpath).getLen())
-
-
-def _part_files(spark: SparkSession, folder: str) -> list[str]:
-    fs, hpath, _ = io._fs(spark, folder)
-    if not fs.exists(hpath):
-        return []
-    return sorted(s.getPath().toString() for s in fs.listStatus(hpath)
-                  if s.getPath().getName().startswith("part-"))
-
-
-def _move(spark: SparkSession, src: str, dst: str) -> None:
-    fs, hsrc, _ = io._fs(spark, src)
-    hdst = _path(spark, dst)
-    fs.mkdirs(hdst.getParent())
-    if not fs.rename(hsrc, hdst):
-        raise OSError(f"could not rename {src} to {dst}")
-
-
 def previous_export(spark: SparkSession, output_root: str, ds: dt.date | str) -> str | None:
     """The latest committed export of an earlier ``ds`` (the hash chain's previous link)."""
     prev = io.latest_ds_before(spark, output_root, ds, f"{EXPORT_TABLE}/{COMMITTED}")
@@ -206,13 +152,13 @@ def _run_identity(spark: SparkSession, output_root: str, ds) -> tuple[str, str]:
     fingerprint = summary.get("input_fingerprint")
     if not fingerprint:
         # No run summary (export run on its own): fingerprint the risk table's content.
-        fs, hpath, _ = io._fs(spark, io.table_path(output_root, ds, RISK_TABLE))
+        fs, hpath, _ = io.filesystem(spark, io.table_path(output_root, ds, RISK_TABLE))
         files = fs.listFiles(hpath, True)
         parts = []
         while files.hasNext():
             p = files.next().getPath()
             if not p.getName().startswith(("_", ".")):
-                digest, size = file_digest(spark, p.toString())
+                digest, size = io.file_digest(spark, p.toString())
                 parts.append(f"{p.getParent().getName()}/{p.getName()}:{size}:{digest}")
         fingerprint = "risk-sha256:" + hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()
     return str(run_id), str(fingerprint)
@@ -234,18 +180,18 @@ def _write_lists(spark: SparkSession, tokens: DataFrame, staging: str, formats: 
              .option("timestampFormat", JSON_TIMESTAMP).json(out))
         for et in ENTITY_TYPES:
             final = f"{staging}/{LISTS_DIR}/{et}.{EXTENSIONS[fmt]}"
-            parts = _part_files(spark, f"{out}/{ENTITY_TYPE}={et}")
+            parts = io.part_files(spark, f"{out}/{ENTITY_TYPE}={et}")
             if len(parts) > 1:
                 raise RingfenceError(f"export: expected one {fmt} file for {et}, Spark wrote {len(parts)}")
             if parts:
-                _move(spark, parts[0], final)
+                io.move(spark, parts[0], final)
             elif fmt == "parquet":
                 # An entity type with no rows still gets a (typed, empty) list.
                 empty = f"{staging}/_work/empty-{et}"
                 spark.createDataFrame([], LIST_DDL).coalesce(1).write.parquet(empty)
-                _move(spark, _part_files(spark, empty)[0], final)
+                io.move(spark, io.part_files(spark, empty)[0], final)
             else:
-                _write_bytes(spark, final, gzip.compress(b"", mtime=0))
+                io.write_bytes(spark, final, gzip.compress(b"", mtime=0))
 
 
 def _canonical(obj) -> bytes:
@@ -319,7 +265,7 @@ def _export(spark, cfg, root, ds, risk, hmac_key, signer, formats, run_id, finge
     prev_dir = previous_export(spark, root, ds)
     prev_sha, prev_manifest = None, None
     if prev_dir is not None:
-        prev_bytes = _read_bytes(spark, f"{prev_dir}/{MANIFEST}")
+        prev_bytes = io.read_bytes(spark, f"{prev_dir}/{MANIFEST}")
         prev_sha = hashlib.sha256(prev_bytes).hexdigest()
         prev_manifest = json.loads(prev_bytes)
         old = None
@@ -331,7 +277,7 @@ def _export(spark, cfg, root, ds, risk, hmac_key, signer, formats, run_id, finge
         old = spark.createDataFrame([], "entity_type STRING, token STRING, score DOUBLE")
     diff = diff_lists(tokens, old, cfg.export.score_change_epsilon)
     diff.coalesce(1).sortWithinPartitions(ENTITY_TYPE, TOKEN).write.parquet(f"{staging}/_work/diff")
-    _move(spark, _part_files(spark, f"{staging}/_work/diff")[0], f"{staging}/{DIFF_FILE}")
+    io.move(spark, io.part_files(spark, f"{staging}/_work/diff")[0], f"{staging}/{DIFF_FILE}")
     diff_counts = {et: dict.fromkeys(CHANGES, 0) for et in ENTITY_TYPES}
     for r in spark.read.parquet(f"{staging}/{DIFF_FILE}").groupBy(ENTITY_TYPE, CHANGE).count().collect():
         diff_counts.setdefault(r[ENTITY_TYPE], dict.fromkeys(CHANGES, 0))[r[CHANGE]] = r["count"]
@@ -343,11 +289,11 @@ def _export(spark, cfg, root, ds, risk, hmac_key, signer, formats, run_id, finge
         "by_type": diff_counts,
         "total": {c: sum(v[c] for v in diff_counts.values()) for c in CHANGES},
     }
-    _write_bytes(spark, f"{staging}/{DIFF_SUMMARY}", _canonical(diff_summary))
+    io.write_bytes(spark, f"{staging}/{DIFF_SUMMARY}", _canonical(diff_summary))
     io.delete(spark, f"{staging}/_work")
 
     def described(rel: str) -> dict:
-        digest, size = file_digest(spark, f"{staging}/{rel}")
+        digest, size = io.file_digest(spark, f"{staging}/{rel}")
         return {"path": rel, "sha256": digest, "bytes": size}
 
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -378,11 +324,11 @@ def _export(spark, cfg, root, ds, risk, hmac_key, signer, formats, run_id, finge
     }
     manifest_bytes = _canonical(manifest)
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
-    _write_bytes(spark, f"{staging}/{MANIFEST}", manifest_bytes)
-    _write_bytes(spark, f"{staging}/{SIGNATURE}", (sign(signer, manifest_bytes) + "\n").encode())
-    _write_bytes(spark, f"{staging}/{COMMITTED}", (manifest_sha + "\n").encode())
+    io.write_bytes(spark, f"{staging}/{MANIFEST}", manifest_bytes)
+    io.write_bytes(spark, f"{staging}/{SIGNATURE}", (sign(signer, manifest_bytes) + "\n").encode())
+    io.write_bytes(spark, f"{staging}/{COMMITTED}", (manifest_sha + "\n").encode())
     final = io.table_path(root, ds, EXPORT_TABLE)
-    io._replace(spark, staging, final)
+    io.replace(spark, staging, final)
     log.info("export ds=%s committed at %s (%d rows)", ds, final, manifest["total_rows"])
     return {
         "export_dir": final, "run_id": run_id, "rows": rows, "total_rows": manifest["total_rows"],

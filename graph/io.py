@@ -35,7 +35,8 @@ def table_path(output_root: str, ds: dt.date | str, table: str) -> str:
     return f"{run_dir(output_root, ds)}/{table}"
 
 
-def _fs(spark: SparkSession, path: str):
+def filesystem(spark: SparkSession, path: str):
+    """(Hadoop FileSystem, Hadoop Path, JVM view) for ``path``: local disk, HDFS and object stores alike."""
     jvm = spark.sparkContext._jvm
     hpath = jvm.org.apache.hadoop.fs.Path(path)
     fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
@@ -43,23 +44,23 @@ def _fs(spark: SparkSession, path: str):
 
 
 def exists(spark: SparkSession, path: str) -> bool:
-    fs, hpath, _ = _fs(spark, path)
+    fs, hpath, _ = filesystem(spark, path)
     return bool(fs.exists(hpath))
 
 
 def delete(spark: SparkSession, path: str) -> None:
-    fs, hpath, _ = _fs(spark, path)
+    fs, hpath, _ = filesystem(spark, path)
     if fs.exists(hpath):
         fs.delete(hpath, True)
 
 
-def _replace(spark: SparkSession, staged: str, final: str) -> None:
+def replace(spark: SparkSession, staged: str, final: str) -> None:
     """Move ``staged`` to ``final``, replacing what was there.
 
     The old table is first renamed aside, then the new one into place, then
     the old one deleted: at every instant ``final`` is absent or complete.
     """
-    fs, src, jvm = _fs(spark, staged)
+    fs, src, jvm = filesystem(spark, staged)
     dst = jvm.org.apache.hadoop.fs.Path(final)
     old = None
     if fs.exists(dst):
@@ -85,41 +86,77 @@ def write_table(df: DataFrame, output_root: str, ds: dt.date | str, table: str,
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.parquet(staged)
-    _replace(spark, staged, final)
+    replace(spark, staged, final)
     return final
+
+
+def hadoop_path(spark: SparkSession, path: str):
+    return spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path)
+
+
+def write_bytes(spark: SparkSession, path: str, data: bytes) -> None:
+    """Create or overwrite one small file (not atomic: write to a staging path and move it)."""
+    fs, hpath, _ = filesystem(spark, path)
+    out = fs.create(hpath, True)
+    try:
+        out.write(bytearray(data))
+    finally:
+        out.close()
+
+
+def read_bytes(spark: SparkSession, path: str) -> bytes:
+    fs, hpath, jvm = filesystem(spark, path)
+    stream = fs.open(hpath)
+    try:
+        return bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+    finally:
+        stream.close()
+
+
+def file_digest(spark: SparkSession, path: str) -> tuple[str, int]:
+    """SHA-256 (hex) and size of a file, streamed inside the JVM (never loaded whole)."""
+    fs, hpath, jvm = filesystem(spark, path)
+    md = jvm.java.security.MessageDigest.getInstance("SHA-256")
+    stream = jvm.java.security.DigestInputStream(fs.open(hpath), md)
+    try:
+        jvm.org.apache.hadoop.io.IOUtils.copyBytes(stream, jvm.java.io.OutputStream.nullOutputStream(),
+                                                   1 << 16, False)
+    finally:
+        stream.close()
+    return bytes(md.digest()).hex(), int(fs.getFileStatus(hpath).getLen())
+
+
+def part_files(spark: SparkSession, folder: str) -> list[str]:
+    """The ``part-*`` data files Spark wrote into ``folder``, sorted (empty if it does not exist)."""
+    fs, hpath, _ = filesystem(spark, folder)
+    if not fs.exists(hpath):
+        return []
+    return sorted(s.getPath().toString() for s in fs.listStatus(hpath)
+                  if s.getPath().getName().startswith("part-"))
+
+
+def move(spark: SparkSession, src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst`` (creating ``dst``'s parent); raise if the file system refuses."""
+    fs, hsrc, _ = filesystem(spark, src)
+    hdst = hadoop_path(spark, dst)
+    fs.mkdirs(hdst.getParent())
+    if not fs.rename(hsrc, hdst):
+        raise OSError(f"could not rename {src} to {dst}")
 
 
 def write_json(spark: SparkSession, path: str, obj: Any) -> None:
     """Write a small JSON document atomically (temp file + rename)."""
-    fs, hpath, jvm = _fs(spark, path)
-    tmp = jvm.org.apache.hadoop.fs.Path(f"{path}.tmp-{uuid.uuid4().hex[:8]}")
-    fs.mkdirs(hpath.getParent())
-    out = fs.create(tmp, True)
-    try:
-        out.write(bytearray(json.dumps(obj, indent=2, default=str, sort_keys=True).encode()))
-    finally:
-        out.close()
-    if fs.exists(hpath):
-        fs.delete(hpath, False)
-    if not fs.rename(tmp, hpath):
-        raise OSError(f"could not rename {tmp} to {path}")
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    write_bytes(spark, tmp, json.dumps(obj, indent=2, default=str, sort_keys=True).encode())
+    delete(spark, path)
+    move(spark, tmp, path)
 
 
 def read_json(spark: SparkSession, path: str) -> Any:
-    fs, hpath, jvm = _fs(spark, path)
-    if not fs.exists(hpath):
+    """The JSON document at ``path``, or None when there is none."""
+    if not exists(spark, path):
         return None
-    stream = fs.open(hpath)
-    try:
-        reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
-        lines = []
-        line = reader.readLine()
-        while line is not None:
-            lines.append(line)
-            line = reader.readLine()
-    finally:
-        stream.close()
-    return json.loads("\n".join(lines))
+    return json.loads(read_bytes(spark, path).decode("utf-8"))
 
 
 def clear_staging(spark: SparkSession, output_root: str, ds: dt.date | str) -> None:
@@ -158,7 +195,7 @@ def run_lock(spark: SparkSession, output_root: str, ds: dt.date | str) -> Iterat
     makes this run fail fast with ``RunLocked`` naming the holder.
     """
     path = f"{run_dir(output_root, ds)}/{LOCK}"
-    fs, hpath, _ = _fs(spark, path)
+    fs, hpath, _ = filesystem(spark, path)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "token": uuid.uuid4().hex}
     fs.mkdirs(hpath.getParent())
     for _attempt in range(2):
@@ -194,7 +231,7 @@ def read_output(spark: SparkSession, output_root: str, ds: dt.date | str, table:
 
 def latest_ds_before(spark: SparkSession, output_root: str, ds: dt.date | str, marker: str) -> str | None:
     """The latest ``ds`` before this one whose run folder holds ``marker`` (a relative path)."""
-    fs, hpath, jvm = _fs(spark, str(output_root))
+    fs, hpath, jvm = filesystem(spark, str(output_root))
     if not fs.exists(hpath):
         return None
     found = []
