@@ -19,29 +19,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param, Variable, get_current_context, task
+from airflow.sdk import DAG, CronTriggerTimetable, Param, Variable, get_current_context, task
+
+from graph.airflow_support import LIST_ASSETS, notify_failure, repo_root
 
 log = logging.getLogger(__name__)
 
-REPO = Path(os.environ.get("RINGFENCE_HOME") or Path(__file__).resolve().parent.parent)
-
-# The same Assets the nightly DAG's publish step updates (an Asset is its name + uri).
-LIST_TYPES = ("account", "device", "ip", "card", "merchant")
-LIST_ASSETS: dict[str, Asset] = {
-    et: Asset(name=f"ringfence_list_{et}", uri=f"x-ringfence://lists/{et}", group="ringfence")
-    for et in LIST_TYPES
-}
+REPO = repo_root(__file__)
 
 
-def notify_failure(context: dict[str, Any]) -> None:
-    """Log one line an operator can act on; plug a notifier (Slack, PagerDuty) in here."""
-    ti = context.get("ti") or context.get("task_instance")
-    dag_run = context.get("dag_run")
-    log.error(
-        "ringfence maintenance failure: dag=%s run=%s task=%s reason=%s error=%s",
-        getattr(dag_run, "dag_id", None), getattr(dag_run, "run_id", None),
-        getattr(ti, "task_id", None), context.get("reason"), context.get("exception"),
-    )
+
 
 
 DEFAULT_ARGS: dict[str, Any] = {

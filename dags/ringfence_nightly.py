@@ -2,8 +2,9 @@
 
 Only wiring lives here. Each Spark step is a ``jobs/`` entry point run by
 ``SparkSubmitOperator``; the publish step calls ``graph.publish``. Nothing
-heavy is imported at parse time: ``graph`` (and with it pyspark/pyarrow) is
-imported inside the task bodies that need it.
+heavy is imported at parse time: only ``graph.airflow_support`` (standard
+library and ``airflow.sdk``); the rest of ``graph`` (and with it
+pyspark/pyarrow) is imported inside the task bodies that need it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import (
     DAG,
-    Asset,
     CronDataIntervalTimetable,
     Param,
     PokeReturnValue,
@@ -29,14 +29,14 @@ from airflow.sdk import (
     task,
 )
 
+from graph.airflow_support import LIST_ASSETS, LIST_TYPES, notify_failure, repo_root
+
 log = logging.getLogger(__name__)
 
 DAG_ID = "ringfence_nightly"
 SPARK_CONN_ID = "spark_default"
 
-# The repository holding jobs/, graph/ and conf/. Read from the environment
-# only (never a Variable): it is needed at parse time to name the applications.
-REPO = Path(os.environ.get("RINGFENCE_HOME") or Path(__file__).resolve().parent.parent)
+REPO = repo_root(__file__)
 
 # The interpreter that runs the jobs. Spark's own default is whatever
 # ``python3`` is on PATH, which on an Airflow worker is rarely the one with
@@ -50,13 +50,7 @@ PY_FILES = os.environ.get("RINGFENCE_PY_FILES") or None
 # it pulls in pyarrow). tests/test_dags.py checks these stay equal.
 EVENT_TABLES = ("payments", "transfers", "sessions")
 STATIC_TABLES = ("accounts", "labels")
-LIST_TYPES = ("account", "device", "ip", "card", "merchant")
 
-# One Asset per published list: downstream DAGs schedule on the lists they read.
-LIST_ASSETS: dict[str, Asset] = {
-    et: Asset(name=f"ringfence_list_{et}", uri=f"x-ringfence://lists/{et}", group="ringfence")
-    for et in LIST_TYPES
-}
 
 # Airflow Variable name, environment variable, default (relative to REPO).
 SETTINGS: dict[str, tuple[str, str, str | None]] = {
@@ -106,16 +100,6 @@ lookback window before it) and publishes risk lists for the online scorers.
 """
 
 
-def notify_failure(context: dict[str, Any]) -> None:
-    """Log one line an operator can act on; plug a notifier (Slack, PagerDuty) in here."""
-    ti = context.get("ti") or context.get("task_instance")
-    dag_run = context.get("dag_run")
-    log.error(
-        "ringfence failure: dag=%s run=%s task=%s try=%s interval_start=%s reason=%s error=%s",
-        getattr(dag_run, "dag_id", DAG_ID), getattr(dag_run, "run_id", None),
-        getattr(ti, "task_id", None), getattr(ti, "try_number", None), context.get("data_interval_start"),
-        context.get("reason"), context.get("exception"),
-    )
 
 
 DEFAULT_ARGS: dict[str, Any] = {
