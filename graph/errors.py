@@ -23,3 +23,7 @@ class PublishRefused(RingfenceError):
 
 class VerificationFailed(RingfenceError):
     """An export's signature, hash chain or checksums do not match."""
+
+
+class StaleCleanInputs(RingfenceError):
+    """A stage needs the validated inputs, but they are missing or came from other inputs."""

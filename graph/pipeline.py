@@ -18,14 +18,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from graph import io
 from graph.config import RingfenceConfig
+from graph.errors import StaleCleanInputs
 
 log = logging.getLogger(__name__)
 
 STAGES = ("validate", "graph", "signals", "rings", "score", "export")
+# Validated input tables of the run's window, written once by `validate`.
+CLEAN = "clean"
+CLEAN_SOURCE = f"{CLEAN}/_SOURCE.json"
 
 
 @dataclass
@@ -36,6 +40,7 @@ class RunContext:
     output_root: str
     ds: dt.date
     lookback_days: int
+    fingerprint: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -81,42 +86,69 @@ def input_fingerprint(spark: SparkSession, input_root: str, start: dt.date, end:
     return h.hexdigest()
 
 
+def _clean_source(ctx: RunContext) -> dict[str, Any]:
+    return {"input_fingerprint": ctx.fingerprint, "window": [str(ctx.window_start), str(ctx.ds)]}
+
+
 def _stage_validate(ctx: RunContext) -> dict[str, Any]:
     from graph.validate import enforce_limits, read_inputs, validate_inputs
 
+    # Until the new clean tables are all in place, none of them may be trusted.
+    io.delete(ctx.spark, f"{ctx.run_dir}/{CLEAN_SOURCE}")
     tables = read_inputs(ctx.spark, ctx.input_root, ctx.ds, ctx.lookback_days)
     result = validate_inputs(ctx.spark, ctx.cfg, tables, ctx.ds, ctx.lookback_days)
-    io.write_table(result.quarantine, ctx.output_root, ctx.ds, "quarantine")
-    io.write_json(ctx.spark, f"{ctx.run_dir}/validation.json", result.report)
-    enforce_limits(ctx.cfg, result.report)
+    try:
+        io.write_table(result.quarantine, ctx.output_root, ctx.ds, "quarantine")
+        io.write_json(ctx.spark, f"{ctx.run_dir}/validation.json", result.report)
+        enforce_limits(ctx.cfg, result.report)
+        for name, df in result.clean.items():
+            io.write_table(df, ctx.output_root, ctx.ds, f"{CLEAN}/{name}")
+    finally:
+        result.release()
+    io.write_json(ctx.spark, f"{ctx.run_dir}/{CLEAN_SOURCE}", _clean_source(ctx))
     return result.report
 
 
-def clean_inputs(ctx: RunContext):
-    """The validated input tables, recomputed from the inputs (deterministic).
+def clean_inputs(ctx: RunContext) -> dict[str, DataFrame]:
+    """The validated input tables written by this run's ``validate`` stage.
 
-    This repeats the validation pass in every stage that needs clean inputs;
-    docs/benchmarks.md shows it is a large share of stage time, so writing the
-    clean tables once per run is the next optimisation.
+    Later stages (possibly separate ``spark-submit`` processes) read them
+    instead of validating again. They are used only when ``clean/_SOURCE.json``
+    names the same input fingerprint and window as this run: inputs that
+    changed since ``validate`` ran make the stage fail rather than mix data.
     """
-    from graph.validate import read_inputs, validate_inputs
+    from graph.validate import TABLES
 
-    tables = read_inputs(ctx.spark, ctx.input_root, ctx.ds, ctx.lookback_days)
-    return validate_inputs(ctx.spark, ctx.cfg, tables, ctx.ds, ctx.lookback_days).clean
+    source = io.read_json(ctx.spark, f"{ctx.run_dir}/{CLEAN_SOURCE}")
+    if source != _clean_source(ctx):
+        why = ("no validated inputs for this ds" if source is None else
+               f"they were validated from other inputs ({source}, now {_clean_source(ctx)})")
+        raise StaleCleanInputs(f"cannot use {ctx.run_dir}/{CLEAN}: {why}; run the validate stage first")
+    return {t: io.read_output(ctx.spark, ctx.output_root, ctx.ds, f"{CLEAN}/{t}") for t in TABLES}
 
 
 def _stage_graph(ctx: RunContext) -> dict[str, Any]:
     from graph.build import build_identity_graph, graph_stats
     from graph.hubs import find_hubs
 
-    g = build_identity_graph(ctx.spark, ctx.cfg, clean_inputs(ctx), ctx.ds, ctx.lookback_days)
-    hubs = find_hubs(ctx.cfg, g)
-    io.write_table(g.vertices, ctx.output_root, ctx.ds, "graph/vertices")
-    io.write_table(g.edges, ctx.output_root, ctx.ds, "graph/edges")
-    io.write_table(hubs, ctx.output_root, ctx.ds, "hubs")
+    built = build_identity_graph(ctx.spark, ctx.cfg, clean_inputs(ctx), ctx.ds, ctx.lookback_days)
+    io.write_table(built.vertices, ctx.output_root, ctx.ds, "graph/vertices")
+    io.write_table(built.edges, ctx.output_root, ctx.ds, "graph/edges")
+    # Hubs and stats read the written graph: recomputing it from the events
+    # for every one of their jobs cost more than the build itself.
+    g = read_graph(ctx)
+    io.write_table(find_hubs(ctx.cfg, g), ctx.output_root, ctx.ds, "hubs")
     stats = graph_stats(g, io.read_output(ctx.spark, ctx.output_root, ctx.ds, "hubs"))
     io.write_json(ctx.spark, f"{ctx.run_dir}/graph_stats.json", stats)
     return stats
+
+
+def read_graph(ctx: RunContext):
+    """The identity graph written by this run's ``graph`` stage."""
+    from graph.build import IdentityGraph
+
+    return IdentityGraph(vertices=io.read_output(ctx.spark, ctx.output_root, ctx.ds, "graph/vertices"),
+                         edges=io.read_output(ctx.spark, ctx.output_root, ctx.ds, "graph/edges"))
 
 
 def _stage_rings(ctx: RunContext) -> dict[str, Any]:
@@ -189,6 +221,7 @@ def _run_stages(ctx: RunContext, stages: list[str]) -> dict[str, Any]:
     # Until this run finishes, the ds is not complete (tables get replaced one by one).
     io.delete(spark, f"{ctx.run_dir}/_RUN_COMPLETE")
     fingerprint = input_fingerprint(spark, ctx.input_root, ctx.window_start, ds)
+    ctx.fingerprint = fingerprint
     run_id = f"{ds}-{fingerprint[:12]}"
     previous = io.read_json(spark, f"{ctx.run_dir}/run_summary.json") or {}
     summary: dict[str, Any] = {

@@ -59,6 +59,7 @@ from functools import reduce
 from typing import Any
 
 import pyarrow as pa
+from pyspark import StorageLevel
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -126,9 +127,23 @@ _DEDUP: dict[str, tuple[str, str]] = {
 
 @dataclass
 class ValidationResult:
+    """Clean tables, quarantine rows and the report of one validation pass.
+
+    ``clean`` and ``quarantine`` are lazy views over the tagged input tables,
+    which stay persisted (memory, spilling to disk) until :meth:`release`, so
+    writing both and the report reads the inputs once, not three times.
+    """
+
     clean: dict[str, DataFrame]
     quarantine: DataFrame
     report: dict[str, Any] = field(default_factory=dict)
+    _persisted: list[DataFrame] = field(default_factory=list, repr=False)
+
+    def release(self) -> None:
+        """Drop the persisted tagged tables (after the outputs are written)."""
+        for df in self._persisted:
+            df.unpersist()
+        self._persisted.clear()
 
 
 # --- table level --------------------------------------------------------------------
@@ -490,9 +505,18 @@ def validate_inputs(
     if missing:
         raise SchemaError(f"input tables missing: {missing}")
     conformed = {t: conform_table(t, tables[t]) for t in TABLES}
-    check_no_pans(conformed)
     start = ds - dt.timedelta(days=lookback_days - 1)
-    tagged = {t: df.transform(tag_rows(t, cfg, start, ds)) for t, df in conformed.items()}
+    # Tagging is computed once and persisted: the PAN scan below materialises it,
+    # and the report, the quarantine and the clean tables are then read from it.
+    # Nothing is written before the PAN scan has passed.
+    tagged = {t: df.transform(tag_rows(t, cfg, start, ds)).persist(StorageLevel.MEMORY_AND_DISK)
+              for t, df in conformed.items()}
+    try:
+        check_no_pans(tagged)
+    except RawCardNumberFound:
+        for df in tagged.values():
+            df.unpersist()
+        raise
     clean = {
         t: df.where(F.size(F.col(_REASONS)) == 0).select(*CONTRACT_TYPES[t])
         for t, df in tagged.items()
@@ -503,7 +527,8 @@ def validate_inputs(
         if entry["rows_quarantined"]:
             log.warning("validate: %s: %d of %d rows quarantined (%s)", t, entry["rows_quarantined"],
                         entry["rows_read"], ", ".join(f"{k}={v}" for k, v in entry["reasons"].items()))
-    return ValidationResult(clean=clean, quarantine=quarantine, report=report)
+    return ValidationResult(clean=clean, quarantine=quarantine, report=report,
+                            _persisted=list(tagged.values()))
 
 
 def enforce_limits(cfg: RingfenceConfig, report: dict[str, Any]) -> None:

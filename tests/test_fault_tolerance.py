@@ -128,17 +128,28 @@ def test_pan_in_an_extra_column_is_dropped_and_never_exported(tmp_path):
     assert_nothing_leaked(files + every_file(tmp_path / "spark-warehouse"), proc.stdout, proc.stderr)
 
 
-def _outputs(out: Path) -> tuple[list, dict, dict]:
+def _sorted_rows(path: Path) -> list:
+    return sorted(pq.read_table(path).to_pylist(), key=lambda r: json.dumps(r, sort_keys=True, default=str))
+
+
+def _outputs(out: Path) -> tuple[list, dict, dict, dict]:
     run = out / f"ds={DS}"
-    rows = sorted(pq.read_table(run / "quarantine").to_pylist(), key=lambda r: json.dumps(r, sort_keys=True))
+    rows = _sorted_rows(run / "quarantine")
     report = json.loads((run / "validation.json").read_text())
     summary = json.loads((run / "run_summary.json").read_text())
     summary.pop("output")
     summary["stages"]["validate"].pop("seconds")
-    return rows, report, summary
+    clean = {t.name: _sorted_rows(t) for t in sorted((run / "clean").iterdir()) if t.is_dir()}
+    clean["_SOURCE"] = json.loads((run / "clean" / "_SOURCE.json").read_text())
+    return rows, report, summary, clean
 
 
-def test_killed_mid_write_then_rerun_equals_uninterrupted_run(tmp_path):
+# Kill points: the first table write (quarantine), and the clean tables written after it.
+KILL_POINTS = {"first_write": "", "clean_tables": "clean"}
+
+
+@pytest.mark.parametrize("kill_point", sorted(KILL_POINTS))
+def test_killed_mid_write_then_rerun_equals_uninterrupted_run(tmp_path, kill_point):
     world = dirty_world(tmp_path / "world")
     conf = conf_file(tmp_path)
     reference = tmp_path / "reference"
@@ -147,15 +158,16 @@ def test_killed_mid_write_then_rerun_equals_uninterrupted_run(tmp_path):
 
     out = tmp_path / "out"
     staging = out / f"ds={DS}" / "_staging"
+    watched = staging / KILL_POINTS[kill_point]
     log = (tmp_path / "killed.log").open("w")
     victim = subprocess.Popen(validate_cmd(world, out, conf), cwd=tmp_path, stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 600
-        while not staging.exists() and victim.poll() is None and time.time() < deadline:
+        while not watched.exists() and victim.poll() is None and time.time() < deadline:
             time.sleep(0.01)
-        assert victim.poll() is None, "the run ended before it started writing"
-        assert staging.exists(), "timed out waiting for the write to start"
+        assert victim.poll() is None, "the run ended before it reached the kill point"
+        assert watched.exists(), "timed out waiting for the write to start"
         os.killpg(victim.pid, signal.SIGKILL)  # the CLI and its Spark JVM, mid-write
         victim.wait(timeout=60)
     finally:
@@ -164,7 +176,8 @@ def test_killed_mid_write_then_rerun_equals_uninterrupted_run(tmp_path):
             victim.wait(timeout=60)
         log.close()
     assert victim.returncode == -signal.SIGKILL
-    assert not (out / f"ds={DS}" / "validation.json").exists()  # killed before the run finished
+    # Killed before the run finished: the clean tables are not marked usable.
+    assert not (out / f"ds={DS}" / "clean" / "_SOURCE.json").exists()
     assert not (out / f"ds={DS}" / "quarantine").exists() or any((out / f"ds={DS}" / "quarantine").glob("*.parquet"))
 
     proc = run_cli(validate_cmd(world, out, conf), cwd=tmp_path)
@@ -172,6 +185,7 @@ def test_killed_mid_write_then_rerun_equals_uninterrupted_run(tmp_path):
     assert not any(p.is_file() for p in staging.rglob("*")) if staging.exists() else True
     got, want = _outputs(out), _outputs(reference)
     assert got == want
-    rows, report, _ = got
+    rows, report, _, clean = got
+    assert len(clean["payments"]) == 2 and len(clean["accounts"]) >= 1
     assert report["payments"]["rows_read"] == 8 and report["payments"]["rows_quarantined"] == 6
     assert {r["reason"] for r in rows} >= {"non_positive:amount", "duplicate:event_id", "self_transfer"}
