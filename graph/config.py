@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONF = REPO_ROOT / "conf" / "default.yaml"
@@ -87,6 +87,44 @@ class RingConf(_Section):
     id_match_jaccard: float = Field(0.3, ge=0.0, le=1.0)
     # Collections to the driver are allowed only below this many rows.
     driver_collect_max_rows: int = Field(200_000, ge=0)
+    # GraphFrames connectedComponents: "graphframes" (large-star/small-star,
+    # scales out) or "graphx"; checkpoint every N iterations to cut lineage;
+    # nodes above the degree threshold are handled by broadcast (skew).
+    cc_algorithm: Literal["graphframes", "graphx"] = "graphframes"
+    cc_checkpoint_interval: int = Field(2, ge=0)
+    cc_broadcast_threshold: int = Field(1_000_000, ge=-1)
+
+
+class CandidateConf(_Section):
+    """The candidate graph whose connected components are the candidate rings (graph/candidates.py).
+
+    Each link type carries its own evidence test, measured in bench/bench_candidates.py.
+    """
+
+    # Hubs found by `degree_outlier` of these types still take part in candidate links:
+    # an account with many transfer partners (a mule collector as much as an employer)
+    # is judged by the money test, and a device or card shared by more accounts than
+    # usual is evidence, not infrastructure. `excluded` and `degree_cap` hubs never link.
+    outlier_hubs_link: list[Literal["account", "device", "ip", "card", "merchant"]] = Field(
+        default_factory=lambda: ["account", "device", "card"])
+    # A transfer a -> b is mule-like when a's fresh money (inflows of the last
+    # scoring.signals.pass_through_hours minus what a sent in that time) covers at least
+    # this share of the amount, and b moved at least this share on (transfers out,
+    # payments) within the same hours ...
+    forward_share: float = Field(0.5, gt=0.0, le=1.0)
+    # ... or b collects such forwarded transfers from at least this many distinct senders.
+    collector_min_senders: int = Field(3, ge=2)
+    # An IP links two accounts only when they share at least this many non-hub IPs ...
+    ip_min_shared: int = Field(2, ge=1)
+    # ... making up at least this Jaccard share of the non-hub IPs the two used.
+    ip_min_jaccard: float = Field(0.3, ge=0.0, le=1.0)
+    # A card of one account joins that account's candidate component when at least
+    # this share of its attempts were tiny or declined (card-testing evidence).
+    test_card_min_tiny_share: float = Field(0.25, ge=0.0, le=1.0)
+    test_card_min_decline_rate: float = Field(0.5, ge=0.0, le=1.0)
+    # A device of one account joins that account's candidate component when at least
+    # this share of its sessions had a machine-like tap cadence (scoring.signals.bot_tap_cv).
+    bot_device_min_share: float = Field(0.5, ge=0.0, le=1.0)
 
 
 class SignalConf(_Section):
@@ -124,16 +162,140 @@ class SignalConf(_Section):
     reason_new_account_min_inflows: int = Field(5, ge=1)
 
 
+def _rising(bounds: tuple[float, float]) -> tuple[float, float]:
+    if not bounds[0] < bounds[1]:
+        raise ValueError(f"a ramp needs low < high, got {list(bounds)}")
+    return bounds
+
+
+# [low, high]: an evidence feature rises linearly from 0 at ``low`` to 1 at ``high``.
+Ramp = Annotated[tuple[float, float], AfterValidator(_rising)]
+
+
+class EvidenceConf(_Section):
+    """How raw signals become evidence features in [0, 1] (graph/score.py).
+
+    Rates are multiplied by a confidence ``n / (n + half)`` in the count they
+    are measured over, so 2 of 2 declined attempts weigh less than 200 of 250.
+    """
+
+    attempts_half: float = Field(10.0, gt=0.0)
+    inflows_half: float = Field(3.0, gt=0.0)
+    sessions_half: float = Field(3.0, gt=0.0)
+    events_half: float = Field(10.0, gt=0.0)
+    decline_rate: Ramp = (0.2, 0.8)
+    tiny_share: Ramp = (0.3, 0.9)
+    cards: Ramp = (3.0, 20.0)
+    merchants_per_card: Ramp = (3.0, 10.0)
+    burst_per_min: Ramp = (0.5, 3.0)
+    pass_through: Ramp = (0.5, 0.9)
+    fan: Ramp = (3.0, 15.0)
+    # Falling: an account younger than low days counts fully, older than high not at all.
+    new_account_days: Ramp = (7.0, 60.0)
+    bot_session_share: Ramp = (0.3, 0.9)
+    # Falling: an inter-event CV below low is fully machine-like, above high not at all.
+    gap_cv: Ramp = (0.1, 0.5)
+    impossible_travel: Ramp = (0.0, 2.0)
+    day_burst_ratio: Ramp = (3.0, 20.0)
+
+
+class EntityWeights(_Section):
+    """Log-odds weights of the entity score (graph/score.py). All but the bias are >= 0,
+    so a score can only rise with fraud evidence and only fall with a legit label."""
+
+    bias: float = -3.0
+    ct_decline: float = Field(2.5, ge=0.0)
+    ct_tiny: float = Field(1.5, ge=0.0)
+    ct_cards: float = Field(1.5, ge=0.0)
+    ct_merchants_per_card: float = Field(1.5, ge=0.0)
+    ct_burst: float = Field(1.0, ge=0.0)
+    mule_pass_through: float = Field(3.0, ge=0.0)
+    mule_fan_in: float = Field(1.0, ge=0.0)
+    mule_fan_out: float = Field(1.0, ge=0.0)
+    mule_new_account: float = Field(1.0, ge=0.0)
+    bot_taps: float = Field(1.5, ge=0.0)
+    bot_timing: float = Field(1.0, ge=0.0)
+    bot_travel: float = Field(1.0, ge=0.0)
+    bot_burst: float = Field(0.5, ge=0.0)
+    ring_member: float = Field(5.0, ge=0.0)
+    ring_link: float = Field(5.0, ge=0.0)
+    propagated: float = Field(4.0, ge=0.0)
+    fraud_label: float = Field(5.0, ge=0.0)
+    legit_label: float = Field(5.0, ge=0.0)
+
+
+class RingScoreConf(_Section):
+    """Log-odds weights of the ring score and when a ring is listed (graph/score.py)."""
+
+    bias: float = -4.0
+    density: float = Field(1.0, ge=0.0)
+    shared_infrastructure: float = Field(1.5, ge=0.0)
+    card_testing: float = Field(8.0, ge=0.0)
+    mule: float = Field(8.0, ge=0.0)
+    bot: float = Field(2.0, ge=0.0)
+    propagated: float = Field(3.0, ge=0.0)
+    fraud_labels: float = Field(6.0, ge=0.0)
+    legit_labels: float = Field(6.0, ge=0.0)
+    # Label shares are n_labelled / (ring size + label_prior): one label in a big ring is little.
+    label_prior: float = Field(2.0, ge=0.0)
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+
+
 class ScoringConf(_Section):
     signals: SignalConf = SignalConf()
     propagation_iterations: int = Field(10, ge=1)
+    # Share of risk lost per hop (the restart probability of personalised PageRank).
     propagation_alpha: float = Field(0.15, gt=0.0, lt=1.0)
+    # How strongly each edge type carries risk (x its recency weight); 0 = not at all.
+    propagation_edge_factors: dict[str, float] = Field(
+        default_factory=lambda: {
+            "account_device": 1.0, "account_card": 1.0, "account_ip": 0.5, "transfer": 1.0,
+            "card_merchant": 0.1, "account_merchant": 0.1,
+        }
+    )
+    # Pseudo-weight of a risk-0 neighbour every vertex has: one edge to a seed
+    # does not make a vertex as risky as the seed's closest accomplices.
+    propagation_smoothing: float = Field(1.0, ge=0.0)
+    # Checkpoint the vertex table every N iterations (cuts the lineage).
+    propagation_checkpoint_interval: int = Field(3, ge=1)
+
+    @field_validator("propagation_edge_factors")
+    @classmethod
+    def _edge_factors(cls, v: dict[str, float]) -> dict[str, float]:
+        types = ("account_device", "account_ip", "account_card", "card_merchant", "account_merchant",
+                 "transfer")  # graph.build.EDGE_TYPES
+        unknown = sorted(set(v) - set(types))
+        bad = sorted(k for k, x in v.items() if x < 0)
+        if unknown or bad:
+            raise ValueError(f"edge types are {list(types)}; unknown {unknown}, negative {bad}")
+        return v
     thresholds: dict[str, float] = Field(
         default_factory=lambda: {
             "account": 0.5, "device": 0.5, "ip": 0.6, "card": 0.5, "merchant": 0.8,
         }
     )
     list_ttl_days: int = Field(7, ge=1)
+    evidence: EvidenceConf = EvidenceConf()
+    weights: EntityWeights = EntityWeights()
+    ring: RingScoreConf = RingScoreConf()
+    # An entity outside every listed ring needs at least this score (and its type's threshold).
+    lone_min_score: float = Field(0.8, ge=0.0, le=1.0)
+    # A ring or entity is typed mule/card_testing only with at least this much family evidence.
+    type_min_evidence: float = Field(0.3, ge=0.0, le=1.0)
+    # Propagated risk below this is not given as a reason.
+    reason_min_propagated: float = Field(0.1, ge=0.0, le=1.0)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds_cover_types(cls, v: dict[str, float]) -> dict[str, float]:
+        types = ("account", "device", "ip", "card", "merchant")  # graph.schema.ENTITY_TYPES
+        unknown = sorted(set(v) - set(types))
+        missing = [t for t in types if t not in v]
+        bad = sorted(k for k, x in v.items() if not 0.0 <= x <= 1.0)
+        if unknown or missing or bad:
+            raise ValueError(f"needs one threshold in [0, 1] per entity type {list(types)}; "
+                             f"unknown {unknown}, missing {missing}, out of range {bad}")
+        return v
 
 
 class ExportConf(_Section):
@@ -171,6 +333,7 @@ class RingfenceConfig(_Section):
     validation: ValidationConf = ValidationConf()
     hubs: HubConf = HubConf()
     rings: RingConf = RingConf()
+    candidates: CandidateConf = CandidateConf()
     scoring: ScoringConf = ScoringConf()
     export: ExportConf = ExportConf()
     redis: RedisConf = RedisConf()
