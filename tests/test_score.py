@@ -1,0 +1,363 @@
+"""Ring typing, entity scores and the risk list on a small hand-made world.
+
+The world (ds 2026-11-24, label cut-off 2026-11-24T00:00Z):
+
+- ring RCT, card testing: accounts ct-1..ct-4 on one device and one IP,
+  two test cards each, 75% of their attempts declined, mostly tiny;
+- ring RMULE, mules: a collector (fan-in 12) and four new accounts that
+  forward 90%+ of inflows, all on one device;
+- ring RHON: a family of four sharing a device, ordinary behaviour;
+- ring RBIG: twenty ordinary accounts, one of them wrongly labelled mule;
+- a lone bot device d-bot (300 attempts, 90% declined, 120 cards), in no ring;
+- a busy honest merchant all of them pay at.
+
+Signals are written by hand (``signal_reasons`` adds their reason texts), so
+every expectation below follows from the formulas in graph/score.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import pytest
+
+from graph import score as SC
+from graph.errors import SchemaError
+from graph.export import bad_row_counts
+from graph.schema import INPUT_SCHEMAS, RISK_RING_TYPES, RISK_SCHEMA, spark_ddl
+from graph.signals import SIGNAL_COLUMNS, signal_reasons
+
+pytestmark = pytest.mark.spark
+
+DS = dt.date(2026, 11, 24)
+EDGES_DDL = "src STRING, dst STRING, edge_type STRING"
+SIGNALS_DDL = ", ".join(f"`{n}` {t}" for n, t in SIGNAL_COLUMNS)
+
+
+def ts(*a: int) -> dt.datetime:
+    return dt.datetime(*a, tzinfo=dt.UTC)
+
+
+def sig(etype: str, eid: str, **kw) -> tuple:
+    unknown = set(kw) - {n for n, _ in SIGNAL_COLUMNS}
+    assert not unknown, unknown
+    return tuple({"entity_type": etype, "entity_id": eid, **kw}.get(n) for n, _ in SIGNAL_COLUMNS)
+
+
+def card_tester(etype, eid, attempts, rate, cards, burst=2.0, span=30.0, tiny=0.9):
+    return sig(etype, eid, attempts=attempts, declined=round(attempts * rate), decline_rate=rate,
+               tiny_share=tiny, distinct_cards=cards, distinct_bins=1, top_bin_share=1.0,
+               distinct_merchants=1, burst_attempts_per_min=burst, attempt_span_minutes=span)
+
+
+def ordinary(eid, **kw):
+    base = dict(attempts=10, declined=0, decline_rate=0.0, tiny_share=0.1, distinct_cards=1,
+                distinct_merchants=3, burst_attempts_per_min=0.1, inflow_n=2, outflow_n=1, fan_in=1,
+                fan_out=1, pass_through_ratio=0.1, account_age_days=400, kyc_level=2)
+    return sig("account", eid, **{**base, **kw})
+
+
+def mule(eid, inflows, pass_through, fan_in, fan_out, age):
+    return sig("account", eid, inflow_n=inflows, outflow_n=inflows, fan_in=fan_in, fan_out=fan_out,
+               pass_through_ratio=pass_through, median_dwell_hours=2.0, account_age_days=age, kyc_level=0)
+
+
+CT = [f"ct-{i}" for i in range(1, 5)]
+MU = [f"mu-{i}" for i in range(1, 6)]
+HON = [f"h-{i}" for i in range(1, 5)]
+BIG = [f"b-{i:02d}" for i in range(1, 21)]
+CARDS = {a: [f"c-{a[-1]}a", f"c-{a[-1]}b"] for a in CT}
+
+
+def signal_rows() -> list[tuple]:
+    rows = [card_tester("account", a, 60, 0.75, 15) for a in CT]
+    rows += [card_tester("device", "d-ct", 240, 0.75, 60, burst=4.0),
+             card_tester("ip", "10.1.1.1", 240, 0.75, 60, burst=4.0)]
+    rows += [sig("card", c, attempts=3, declined=3, decline_rate=1.0, tiny_share=1.0, distinct_merchants=1,
+                 burst_attempts_per_min=0.3, attempt_span_minutes=5.0) for cs in CARDS.values() for c in cs]
+    rows.append(mule("mu-1", 12, 0.95, 12, 3, 200))
+    rows += [mule(a, 5, 0.9, 2, 2, 5) for a in MU[1:]]
+    rows += [ordinary(a) for a in HON + BIG]
+    rows.append(sig("merchant", "m-shop", attempts=5000, declined=300, decline_rate=0.06, tiny_share=0.2,
+                    distinct_cards=900, distinct_accounts=800))
+    rows.append(card_tester("device", "d-bot", 300, 0.9, 120, burst=5.0, span=9.0, tiny=0.95))
+    rows.append(ordinary("trav", impossible_travel_n=1, fastest_hop_km=9000.0, fastest_hop_hours=2.0,
+                         fastest_hop_from="KR", fastest_hop_to="US"))
+    return rows
+
+
+def ring_rows():
+    return [
+        ("RCT", 4, 4, 0, 0, 0, 0, 6, 1.0, "louvain", DS, DS),
+        ("RMULE", 5, 5, 0, 0, 0, 0, 4, 0.4, "louvain", DS, DS),
+        ("RHON", 4, 4, 0, 0, 0, 0, 6, 1.0, "louvain", DS, DS),
+        ("RBIG", 20, 20, 0, 0, 0, 0, 38, 0.2, "louvain", DS, DS),
+    ]
+
+
+def member_rows():
+    rows = []
+    for ring, accts in (("RCT", CT), ("RMULE", MU), ("RHON", HON), ("RBIG", BIG)):
+        rows += [(ring, "account", a, f"account:{a}", "member", 1.0, 0.0) for a in accts]
+    return rows
+
+
+def edge_rows():
+    rows = []
+    for a in CT:
+        rows += [(f"account:{a}", "device:d-ct", "account_device"), (f"account:{a}", "ip:10.1.1.1", "account_ip")]
+        rows += [(f"account:{a}", f"card:{c}", "account_card") for c in CARDS[a]]
+    rows += [(f"account:{a}", "device:d-mu", "account_device") for a in MU]
+    rows += [(f"account:{a}", "device:d-fam", "account_device") for a in HON]
+    # Everyone pays at the honest merchant.
+    rows += [(f"account:{a}", "merchant:m-shop", "account_merchant") for a in CT + MU + HON + BIG]
+    return rows
+
+
+WRONG_LABEL = ("account", "b-07", "mule", ts(2026, 11, 2, 15), "investigator")
+
+
+@pytest.fixture(scope="module")
+def inputs(spark, config):
+    signals = signal_reasons(spark.createDataFrame(signal_rows(), SIGNALS_DDL), config).cache()
+    return {
+        "rings": spark.createDataFrame(ring_rows(), SC.RINGS_DDL),
+        "ring_members": spark.createDataFrame(member_rows(), SC.RING_MEMBERS_DDL),
+        "edges": spark.createDataFrame(edge_rows(), EDGES_DDL),
+        "signals": signals,
+    }
+
+
+def labels_df(spark, rows=()):
+    return spark.createDataFrame(list(rows), spark_ddl(INPUT_SCHEMAS["labels"]))
+
+
+def run(spark, config, inputs, labels=(), propagated=None, cfg=None):
+    """(typed rings by id, entity score rows by (type, id), risk rows by (type, id)); all tiny."""
+    cfg = cfg or config
+    res = SC.score_run(inputs["rings"], inputs["ring_members"], inputs["edges"], inputs["signals"],
+                       labels_df(spark, labels), propagated, cfg, DS)
+    # Cached so the entity scores reuse the typed rings instead of recomputing them.
+    rings, scores = res.rings.cache(), res.scores.cache()
+    risk = SC.risk_list(scores, cfg, DS)
+    out = ({r["ring_id"]: r for r in rings.collect()},
+           {(r["entity_type"], r["entity_id"]): r for r in scores.collect()},
+           {(r["entity_type"], r["entity_id"]): r for r in risk.collect()},
+           risk.schema)
+    scores.unpersist()
+    rings.unpersist()
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(spark, config, inputs):
+    return run(spark, config, inputs, labels=[WRONG_LABEL])
+
+
+# --------------------------------------------------------------------------- rings
+
+
+def test_card_testing_ring_typed_and_listed_with_its_infrastructure(world):
+    rings, _, risk, _ = world
+    rct = rings["RCT"]
+    assert rct["ring_type"] == "card_testing" and rct["ring_listed"] and rct["ring_score"] > 0.95
+    assert rct["ring_reasons"][0] == ("240 card attempts by 4 ring accounts: 75% declined, 90% tiny, "
+                                      "60 cards (15.0 per account)")
+    assert "4 of 4 ring accounts share infrastructure (1 device, 1 IP, 0 cards)" in rct["ring_reasons"]
+    for a in CT:
+        row = risk[("account", a)]
+        assert row["ring_id"] == "RCT" and row["ring_type"] == "card_testing"
+        assert row["reasons"][0].startswith("in ring RCT (card_testing, 4 accounts) with score 0.9")
+        assert "75% of 60 card attempts declined within 30 minutes" in row["reasons"]
+        assert "shares device d-ct with 3 other ring accounts" in row["reasons"]
+        assert "shares IP 10.1.1.1 with 3 other ring accounts" in row["reasons"]
+    for key in [("device", "d-ct"), ("ip", "10.1.1.1")] + [("card", c) for cs in CARDS.values() for c in cs]:
+        assert risk[key]["ring_id"] == "RCT" and risk[key]["ring_type"] == "card_testing", key
+    assert risk[("device", "d-ct")]["reasons"][0].startswith(
+        "used by 4 ring accounts (of 4 accounts in all) of ring RCT (card_testing, 4 accounts) with score")
+    assert risk[("card", "c-1a")]["reasons"][0].startswith("used by 1 ring account (of 1 accounts in all)")
+    # Every ring pays at the busy merchant; it is not the ring's infrastructure.
+    assert ("merchant", "m-shop") not in risk
+
+
+def test_mule_ring_typed_mule(world):
+    rings, _, risk, _ = world
+    rm = rings["RMULE"]
+    assert rm["ring_type"] == "mule" and rm["ring_listed"]
+    assert "5 of 5 ring accounts forwarded >= 80% of inflows within 48 h (92% of 32 inflows overall)" \
+        in rm["ring_reasons"]
+    assert "a ring account received transfers from 12 distinct senders" in rm["ring_reasons"]
+    assert {a for (t, a), r in risk.items() if r["ring_id"] == "RMULE" and t == "account"} == set(MU)
+    assert all(risk[("account", a)]["ring_type"] == "mule" for a in MU)
+    assert any(x.startswith("forwarded 95% of inflows within 48 h") for x in risk[("account", "mu-1")]["reasons"])
+    assert risk[("device", "d-mu")]["ring_id"] == "RMULE"
+
+
+def test_honest_ring_without_signals_or_labels_not_listed(world, config):
+    rings, scores, risk, _ = world
+    assert not rings["RHON"]["ring_listed"] and rings["RHON"]["ring_type"] == "unknown"
+    # Structure alone: density 1 and every account sharing the family device, no behaviour.
+    r = config.scoring.ring
+    z = r.bias + r.density * 1.0 + r.shared_infrastructure * 1.0
+    assert rings["RHON"]["ring_score"] == pytest.approx(1 / (1 + math.exp(-z)), abs=1e-9)
+    assert rings["RHON"]["ring_score"] < r.threshold
+    assert not any(k in risk for k in [("account", a) for a in HON] + [("device", "d-fam")])
+    assert all(not scores[("account", a)]["listed"] for a in HON)
+
+
+def test_one_wrong_label_does_not_taint_a_big_community(world):
+    rings, _, risk, _ = world
+    assert not rings["RBIG"]["ring_listed"]
+    assert rings["RBIG"]["ring_score"] < 0.05
+    assert rings["RBIG"]["n_fraud_labels"] == 1
+    listed_big = {a for (t, a) in risk if a in BIG}
+    # The labelled account itself stands on its label, outside the ring; nobody else is listed.
+    assert listed_big == {"b-07"}
+    row = risk[("account", "b-07")]
+    assert row["ring_id"] is None and row["ring_type"] == "mule"
+    assert row["reasons"] == ["labelled mule by investigator on 2026-11-02"]
+
+
+def test_lone_bot_device_listed_without_ring(world, config):
+    _, scores, risk, _ = world
+    row = risk[("device", "d-bot")]
+    assert row["ring_id"] is None and row["ring_type"] == "card_testing"
+    assert "90% of 300 card attempts declined within 9 minutes" in row["reasons"]
+    assert "120 distinct cards from 1 BIN on one device (100% of attempts on one BIN)" in row["reasons"]
+    assert scores[("device", "d-bot")]["threshold"] == config.scoring.lone_min_score
+    # A traveller with one impossible hop and ordinary payments stays off the list.
+    assert ("account", "trav") not in risk and scores[("account", "trav")]["score"] < 0.2
+
+
+# --------------------------------------------------------------------------- output contract
+
+
+def test_risk_schema_reasons_expiry_and_thresholds(spark, world, config):
+    _, scores, risk, schema = world
+    expected = spark.createDataFrame([], spark_ddl(RISK_SCHEMA)).schema
+    assert [(f.name, f.dataType) for f in schema] == [(f.name, f.dataType) for f in expected]
+    assert risk, "something must be listed"
+    # The export stage's own checks find nothing wrong with the table.
+    assert bad_row_counts(spark.createDataFrame(list(risk.values()), spark_ddl(RISK_SCHEMA))) == {}
+    for key, row in risk.items():
+        assert row["reasons"] and all(isinstance(x, str) and x for x in row["reasons"]), key
+        assert row["ring_type"] in RISK_RING_TYPES, key
+        assert row["expires_at"] == dt.datetime(2026, 12, 2)  # end of ds + 7 days, UTC (session tz)
+        minimum = config.scoring.thresholds[key[0]]
+        if row["ring_id"] is None:
+            minimum = max(minimum, config.scoring.lone_min_score)
+        assert minimum <= row["score"] <= 1.0, key
+    for key, row in scores.items():
+        assert 0.0 <= row["score"] <= 1.0, key
+        assert row["listed"] == (key in risk) == (row["score"] >= row["threshold"]), key
+
+
+def test_thresholds_per_entity_type(spark, config, inputs):
+    strict_cards = config.model_copy(update={"scoring": config.scoring.model_copy(update={
+        "thresholds": {**config.scoring.thresholds, "card": 0.99}})})
+    _, scores, risk, _ = run(spark, config, inputs, cfg=strict_cards)
+    card_scores = [r["score"] for (t, _), r in scores.items() if t == "card" and r["ring_id"] == "RCT"]
+    assert len(card_scores) == 8 and all(0.5 <= s < 0.99 for s in card_scores)
+    assert not any(t == "card" for t, _ in risk)
+    assert all(("account", a) in risk for a in CT)
+
+
+def test_schema_errors_list_present_columns(spark, config, inputs):
+    with pytest.raises(SchemaError, match=r"ring_members lacks columns \['member_vertex'\]; present: "
+                                          r"\['entity_id', 'entity_type', 'ring_id'\]"):
+        SC.ring_infrastructure(inputs["ring_members"].select("ring_id", "entity_type", "entity_id"),
+                               inputs["edges"])
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def test_legit_label_on_a_member_lowers_ring_and_member(spark, config, inputs, world):
+    rings0, scores0, risk0, _ = world
+    legit = ("account", "mu-3", "legit", ts(2026, 11, 20), "investigator")
+    rings1, scores1, risk1, _ = run(spark, config, inputs, labels=[WRONG_LABEL, legit])
+    assert rings1["RMULE"]["ring_score"] < rings0["RMULE"]["ring_score"]
+    assert rings1["RMULE"]["n_legit_labels"] == 1
+    assert scores1[("account", "mu-3")]["score"] < scores0[("account", "mu-3")]["score"]
+    assert ("account", "mu-3") in risk0 and ("account", "mu-3") not in risk1
+    # The rest of the ring is still listed.
+    assert all(("account", a) in risk1 for a in MU if a != "mu-3")
+
+
+def test_labels_after_cutoff_ignored(spark, config, inputs, world):
+    _, scores0, _, _ = world
+    late = [
+        ("account", "h-1", "mule", ts(2026, 11, 24, 6), "investigator"),           # during ds
+        ("account", "mu-3", "legit", ts(2026, 11, 24), "investigator"),           # exactly the cut-off
+    ]
+    _, scores1, risk1, _ = run(spark, config, inputs, labels=[WRONG_LABEL, *late])
+    for key in [("account", "h-1"), ("account", "mu-3")]:
+        assert scores1[key]["label"] is None
+        assert scores1[key]["score"] == pytest.approx(scores0[key]["score"], abs=1e-12)
+    assert ("account", "h-1") not in risk1 and ("account", "mu-3") in risk1
+
+
+def test_usable_labels_latest_before_cutoff_wins(spark):
+    rows = [
+        ("account", "x", "mule", ts(2026, 11, 1), "chargeback"),
+        ("account", "x", "legit", ts(2026, 11, 5), "investigator"),
+        ("account", "y", "legit", ts(2026, 11, 1), "investigator"),
+        ("account", "y", "mule", ts(2026, 11, 1), "chargeback"),     # tie: legit wins
+        ("account", "z", "card_testing", ts(2026, 11, 3), "chargeback"),
+        ("account", "z", "legit", ts(2026, 11, 30), "investigator"),  # after the cut-off
+        ("account", "w", "suspicious", ts(2026, 11, 3), "rule"),      # not a contract label
+    ]
+    got = {r["entity_id"]: r["label"]
+           for r in SC.usable_labels(labels_df(spark, rows), SC.label_cutoff(DS)).collect()}
+    assert got == {"x": "legit", "y": "legit", "z": "card_testing"}
+
+
+# --------------------------------------------------------------------------- monotonicity
+
+
+def test_scores_monotone_in_evidence(spark, config):
+    """Lone devices with more (or more often declined) attempts, and accounts with more propagated
+    risk or a fraud label, never score lower; a legit label never scores higher."""
+    rates = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    volumes = [1, 5, 20, 80, 320]
+    rows = [card_tester("device", f"rate-{i}", 50, r, 5) for i, r in enumerate(rates)]
+    rows += [card_tester("device", f"vol-{i}", n, 0.7, 5) for i, n in enumerate(volumes)]
+    rows += [ordinary(f"acct-{i}") for i in range(5)]
+    signals = signal_reasons(spark.createDataFrame(rows, SIGNALS_DDL), config)
+    propagated = spark.createDataFrame(
+        [("account:acct-0", 0.0), ("account:acct-1", 0.5), ("account:acct-2", 1.0)], SC.PROPAGATED_DDL)
+    labels = labels_df(spark, [("account", "acct-3", "fraud", ts(2026, 11, 1), "chargeback"),
+                               ("account", "acct-4", "legit", ts(2026, 11, 1), "investigator")])
+    infra = SC.ring_infrastructure(SC.empty_ring_members(spark), spark.createDataFrame([], EDGES_DDL))
+    typed = SC.type_rings(SC.ring_features(SC.empty_rings(spark), SC.empty_ring_members(spark), infra, signals,
+                                           labels, SC.label_cutoff(DS), config, propagated), config)
+    scores = {r["entity_id"]: r["score"] for r in SC.entity_scores(
+        signals, SC.empty_ring_members(spark), typed, infra, labels, propagated, config, DS).collect()}
+    by_rate = [scores[f"rate-{i}"] for i in range(len(rates))]
+    by_volume = [scores[f"vol-{i}"] for i in range(len(volumes))]
+    assert all(0.0 <= s <= 1.0 for s in scores.values())
+    assert by_rate == sorted(by_rate) and by_rate[-1] > by_rate[0]
+    assert by_volume == sorted(by_volume) and by_volume[-1] > by_volume[0]
+    # Strictly inside the decline-rate ramp [0.2, 0.8].
+    assert by_rate[1] < by_rate[2] < by_rate[3] < by_rate[4]
+    assert scores["acct-0"] < scores["acct-1"] < scores["acct-2"]
+    assert scores["acct-4"] < scores["acct-0"] < scores["acct-3"]
+    # The two extreme propagated accounts differ by exactly the propagated weight in log-odds.
+    logit = [math.log(scores[f"acct-{i}"] / (1 - scores[f"acct-{i}"])) for i in (0, 2)]
+    assert logit[1] - logit[0] == pytest.approx(config.scoring.weights.propagated, abs=1e-9)
+
+
+def test_propagated_risk_lists_with_reason(spark, config, inputs, world):
+    _, scores0, _, _ = world
+    propagated = spark.createDataFrame([("account:h-2", 0.9)], SC.PROPAGATED_DDL)
+    rings1, scores1, risk1, _ = run(spark, config, inputs, labels=[WRONG_LABEL], propagated=propagated)
+    assert scores1[("account", "h-2")]["score"] > scores0[("account", "h-2")]["score"]
+    assert rings1["RHON"]["mean_propagated"] == pytest.approx(0.9 / 4)
+    # Defaults: sigmoid(-3 + 5 x ring(sigmoid(-1.5 + 3 x 0.225)) + 4 x 0.9) = 0.89 >= lone minimum 0.8.
+    w = config.scoring.weights
+    z = w.bias + w.ring_member * rings1["RHON"]["ring_score"] + w.propagated * 0.9
+    assert scores1[("account", "h-2")]["score"] == pytest.approx(1 / (1 + math.exp(-z)), abs=1e-9)
+    row = risk1[("account", "h-2")]
+    assert row["ring_id"] is None
+    assert row["reasons"] == ["propagated risk 0.90 from labelled entities nearby in the graph"]
