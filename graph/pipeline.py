@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from graph import io
 from graph.config import RingfenceConfig
@@ -151,13 +152,60 @@ def read_graph(ctx: RunContext):
                          edges=io.read_output(ctx.spark, ctx.output_root, ctx.ds, "graph/edges"))
 
 
+def _read(ctx: RunContext, table: str) -> DataFrame:
+    return io.read_output(ctx.spark, ctx.output_root, ctx.ds, table)
+
+
+def _previous_rings(ctx: RunContext) -> tuple[DataFrame | None, DataFrame | None]:
+    """(ring_members, rings) of the last complete run before ``ds`` (None, None on the first night)."""
+    prev = io.previous_run_ds(ctx.spark, ctx.output_root, ctx.ds)
+    if prev is None:
+        return None, None
+    return (io.read_output(ctx.spark, ctx.output_root, prev, "ring_members"),
+            io.read_output(ctx.spark, ctx.output_root, prev, "rings"))
+
+
 def _stage_rings(ctx: RunContext) -> dict[str, Any]:
+    from graph.candidates import CandidateGraph, candidate_links, candidate_stats, edges_from_links
+    from graph.components import connected_components
+    from graph.rings import discover_rings
     from graph.session import require_graphframes
 
-    # Ring discovery runs on GraphFrames (connected components over the
-    # hub-free projection, then per-component refinement).
+    # Connected components run on GraphFrames: fail before any work without it.
     require_graphframes(ctx.spark, ctx.cfg.spark)
-    raise NotImplementedError("ring discovery lands with issue 5")
+    g, hubs = read_graph(ctx), _read(ctx, "hubs")
+    # Links (every considered pair, kept or dropped, with its reason) are written
+    # first: investigators read them, and the edges are derived from the written
+    # table rather than by recomputing the money tests.
+    io.write_table(candidate_links(ctx.cfg, g, hubs, clean_inputs(ctx), ctx.ds, ctx.lookback_days),
+                   ctx.output_root, ctx.ds, "candidates/links")
+    links = _read(ctx, "candidates/links")
+    io.write_table(edges_from_links(ctx.cfg, g, hubs, _read(ctx, "signals"), links),
+                   ctx.output_root, ctx.ds, "candidates/edges")
+    edges = _read(ctx, "candidates/edges")
+    io.write_table(connected_components(ctx.spark, edges, ctx.cfg), ctx.output_root, ctx.ds,
+                   "candidates/components")
+    components = _read(ctx, "candidates/components")
+    prev_members, prev_rings = _previous_rings(ctx)
+    rings, members = discover_rings(components, edges, ctx.cfg, ctx.ds, prev_members, prev_rings)
+    io.write_table(members, ctx.output_root, ctx.ds, "ring_members")
+    io.write_table(rings, ctx.output_root, ctx.ds, "rings")
+    return {**_ring_stats(ctx), **candidate_stats(CandidateGraph(links=links, edges=edges))}
+
+
+def _ring_stats(ctx: RunContext) -> dict[str, Any]:
+    """Component and ring counts (each collect is a handful of aggregated rows)."""
+    sizes = _read(ctx, "candidates/components").groupBy("component").count()
+    comp = sizes.agg(F.count("*").alias("n"), F.max("count").alias("largest")).first()
+    rings = _read(ctx, "rings")
+    by_method = {r["method"]: int(r["count"]) for r in rings.groupBy("method").count().collect()}
+    ring_agg = rings.agg(F.count("*").alias("n"), F.max("size").alias("largest"),
+                         F.sum(F.when(F.col("first_seen") < F.lit(ctx.ds), 1).otherwise(0)).alias("carried")).first()
+    return {
+        "components": int(comp["n"] or 0), "largest_component": int(comp["largest"] or 0),
+        "rings": int(ring_agg["n"] or 0), "largest_ring": int(ring_agg["largest"] or 0),
+        "rings_carried_over": int(ring_agg["carried"] or 0), "rings_by_method": dict(sorted(by_method.items())),
+    }
 
 
 def _stage_signals(ctx: RunContext) -> dict[str, Any]:
@@ -172,11 +220,29 @@ def _stage_signals(ctx: RunContext) -> dict[str, Any]:
 
 
 def _stage_score(ctx: RunContext) -> dict[str, Any]:
+    from graph.hubs import remove_hubs
+    from graph.propagate import propagate_risk
+    from graph.score import label_cutoff, score_run, usable_labels
     from graph.session import require_graphframes
 
-    # Risk propagation runs on GraphFrames (aggregateMessages / Pregel).
+    # Risk propagation runs on GraphFrames (aggregateMessages).
     require_graphframes(ctx.spark, ctx.cfg.spark)
-    raise NotImplementedError("risk propagation and lists land with issue 6")
+    hub_free = remove_hubs(read_graph(ctx), _read(ctx, "hubs"))
+    io.write_table(hub_free.edges, ctx.output_root, ctx.ds, "score/edges")
+    edges = _read(ctx, "score/edges")
+    labels = clean_inputs(ctx)["labels"]
+    io.write_table(propagate_risk(ctx.spark, edges, usable_labels(labels, label_cutoff(ctx.ds)), ctx.cfg),
+                   ctx.output_root, ctx.ds, "propagated")
+    result = score_run(_read(ctx, "rings"), _read(ctx, "ring_members"), edges, _read(ctx, "signals"),
+                       labels, _read(ctx, "propagated"), ctx.cfg, ctx.ds)
+    io.write_table(result.rings, ctx.output_root, ctx.ds, "ring_scores")
+    io.write_table(result.scores, ctx.output_root, ctx.ds, "entity_scores")
+    io.write_table(result.risk, ctx.output_root, ctx.ds, "risk")
+    listed = _read(ctx, "risk").groupBy("entity_type", "ring_type").count().collect()  # <= 15 rows
+    by_type: dict[str, dict[str, int]] = {}
+    for r in listed:
+        by_type.setdefault(r["entity_type"], {})[r["ring_type"]] = int(r["count"])
+    return {"listed_by_type": dict(sorted(by_type.items()))}
 
 
 def _stage_export(ctx: RunContext) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Rings: refine candidate groups into tight communities, keep ids stable across nights.
 
-Candidate groups (connected components of the hub-free account projection and
-of the money-flow subgraph) come from GraphFrames at scale; this module takes
-them as a ``(id, component)`` DataFrame, whatever computed them, and:
+Candidate groups -- connected components of the candidate graph
+(``graph.candidates``: accounts linked by evidence-carrying identifier and
+money links, plus the identifiers attached to them) -- come from GraphFrames
+at scale (``graph.components``); this module takes them as an
+``(id, component)`` DataFrame, whatever computed them, and:
 
 1. refines each component with networkx (Louvain, fixed seed) inside
    ``applyInPandas`` — one component per task, so components are refined in
@@ -170,3 +172,22 @@ def ring_tables(communities: DataFrame, ids: DataFrame, ds: dt.date) -> tuple[Da
         .withColumn("last_seen", F.lit(ds).cast("date"))
         .select(*RINGS_COLUMNS))
     return rings, members
+
+
+def discover_rings(
+    components: DataFrame, edges: DataFrame, cfg: RingfenceConfig, ds: dt.date,
+    previous_members: DataFrame | None = None, previous_rings: DataFrame | None = None,
+) -> tuple[DataFrame, DataFrame]:
+    """(rings, ring_members) of the night ``ds`` from candidate components.
+
+    ``components``: (id, component) — GraphFrames connected components of the
+    candidate graph in the pipeline. ``edges``: the candidate edges (src, dst,
+    weight[, flow]). ``previous_*``: the last complete night's tables, for
+    stable ring ids (None on the first night). The refined communities feed
+    both the id matching and the tables, so callers that run this at scale
+    should pass ``components`` and ``edges`` already materialised (read back
+    from Parquet) rather than as long lineages.
+    """
+    communities = refine_components(components, edges, cfg)
+    ids = assign_ring_ids(communities, previous_members, previous_rings, ds, cfg.rings.id_match_jaccard)
+    return ring_tables(communities, ids, ds)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import networkx as nx
 import pytest
+from blocked import needs_graphframes
 
 from graph.config import ConfigError, load_config
 from graph.session import GraphFramesUnavailable, graphframes_available, require_graphframes
@@ -126,20 +127,8 @@ def _random_graph(seed: int):
     return n, sorted((a, b) for a, b in edges if a != b)
 
 
-def _graphframes_missing() -> bool:
-    from graph.session import local_jars
-
-    return not any("graphframes" in p.name for p in local_jars(load_config().spark))
-
-
 @pytest.mark.spark
-@pytest.mark.xfail(
-    condition=_graphframes_missing(),
-    raises=GraphFramesUnavailable,
-    strict=True,
-    reason="BLOCKED (issue 3): Maven Central answers 404 for io.graphframes:graphframes-spark4_2.13; "
-    "this test must fail with exactly GraphFramesUnavailable until the jars can be fetched",
-)
+@needs_graphframes
 @pytest.mark.parametrize("seed", range(10))
 def test_graphframes_connected_components_match_networkx(spark, spark_conf, seed):
     require_graphframes(spark, spark_conf)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from blocked import needs_graphframes
 from worldkit import write_world
 
 from graph import io
@@ -72,3 +73,27 @@ def test_a_failed_validation_leaves_no_usable_clean_tables(spark, config, tmp_pa
     assert not io.exists(spark, f"{io.run_dir(str(out), DS)}/{CLEAN_SOURCE}")
     with pytest.raises(StaleCleanInputs):
         run_pipeline(spark, config, str(world), str(out), DS, 1, stages=["graph"])
+
+
+@pytest.mark.slow
+@needs_graphframes
+def test_full_run_finds_the_planted_rings_and_exports_them(spark, config, tmp_path, monkeypatch):
+    # Every stage, in one session, on a small generated world; then the export is verified.
+    from test_export import make_env  # throw-away HMAC and Ed25519 keys
+
+    from graph.evaluate import evaluate
+    from graph.export import verify_export
+    from graph.generate import generate_world
+
+    for key, value in make_env().items():
+        monkeypatch.setenv(key, value)
+    world, out, ds = tmp_path / "world", tmp_path / "out", dt.date(2026, 3, 10)
+    generate_world(out=world, accounts=3000, days=14, end_date=ds, seed=5, label_fraction=0.25)
+    summary = run_pipeline(spark, config, str(world), str(out), ds, 14)
+    assert set(summary["stages"]) == {"validate", "graph", "signals", "rings", "score", "export"}
+    report = evaluate(spark, str(world / "truth"), str(out), ds)
+    assert report["overall"]["rings"]["detection_rate"] >= 0.8
+    for ring_type in ("mule", "card_testing"):
+        assert report["by_ring_type"][ring_type]["accounts"]["f1"] >= 0.8, ring_type
+    assert report["overall"]["false_positive_rate"] <= 0.005
+    assert verify_export(out / f"ds={ds}" / "export")["total_rows"] > 0

@@ -11,7 +11,7 @@ import itertools
 import networkx as nx
 import pytest
 
-from graph.rings import assign_ring_ids, refine_components, ring_tables
+from graph.rings import assign_ring_ids, discover_rings, refine_components, ring_tables
 
 pytestmark = pytest.mark.spark
 D1, D2 = dt.date(2026, 11, 23), dt.date(2026, 11, 24)
@@ -123,3 +123,30 @@ def test_ring_tables_count_members_by_type_and_density(spark):
     assert r["first_seen"] == D1 and r["last_seen"] == D1
     assert sorted((m["entity_type"], m["entity_id"]) for m in members.collect()) == [
         ("account", "a"), ("account", "b"), ("card", "k"), ("device", "d")]
+
+
+def test_discover_rings_end_to_end_over_two_nights(spark, config):
+    # Night 1: two 4-cliques joined by one weak edge (one component, two communities),
+    # plus a pair too small to be a ring.
+    night1 = clique("a", 4) + clique("b", 4, w=1.0) + [("account:a0", "account:b0", 0.01, 0.0)] \
+        + [("account:p0", "account:p1", 1.0, 0.0)]
+    rings1, members1 = discover_rings(_components(spark, night1), _edges(spark, night1), config, D1)
+    groups1 = {}
+    for m in members1.collect():
+        groups1.setdefault(m["ring_id"], set()).add(m["entity_id"])
+    assert sorted(sorted(g) for g in groups1.values()) == [[f"a{i}" for i in range(4)], [f"b{i}" for i in range(4)]]
+    assert {r["size"] for r in rings1.collect()} == {4}
+
+    # Night 2: ring a persists (one member swapped), ring b is gone, ring c is new.
+    night2 = clique("a", 3) + [(f"account:a{i}", "account:a9", 1.0, 0.0) for i in range(3)] + clique("c", 3)
+    rings2, members2 = discover_rings(_components(spark, night2), _edges(spark, night2), config, D2,
+                                      members1, rings1)
+    by_ring = {}
+    for m in members2.collect():
+        by_ring.setdefault(m["ring_id"], set()).add(m["entity_id"])
+    a_id = next(r for r, g in groups1.items() if "a0" in g)
+    assert by_ring[a_id] == {"a0", "a1", "a2", "a9"}
+    seen = {r["ring_id"]: (r["first_seen"], r["last_seen"]) for r in rings2.collect()}
+    assert seen[a_id] == (D1, D2)
+    new = [r for r in seen if r != a_id]
+    assert len(new) == 1 and seen[new[0]] == (D2, D2) and new[0] not in groups1
