@@ -1,4 +1,5 @@
-"""spark-submit entry point: Build the identity and money graph, set hubs aside, discover rings.
+"""spark-submit entry point: Build the identity and money graph, set hubs aside, compute behavioural
+signals (the candidate graph uses them), discover rings.
 
     spark-submit jobs/build_rings.py --input IN --output OUT --ds YYYY-MM-DD [--conf FILE]
 """
@@ -11,5 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jobs._common import stage_main  # noqa: E402
 
+# The pipeline stages this job runs (tests/test_dags.py checks the jobs cover them all, in order).
+STAGES = ["graph", "signals", "rings"]
+
 if __name__ == "__main__":
-    sys.exit(stage_main("graph,rings".split(","), __doc__))
+    sys.exit(stage_main(STAGES, __doc__))

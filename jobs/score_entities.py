@@ -1,4 +1,4 @@
-"""spark-submit entry point: Behavioural signals, risk propagation, ring typing, scores and reasons.
+"""spark-submit entry point: Risk propagation, ring typing, scores and reasons -> risk/.
 
     spark-submit jobs/score_entities.py --input IN --output OUT --ds YYYY-MM-DD [--conf FILE]
 """
@@ -11,5 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jobs._common import stage_main  # noqa: E402
 
+# The pipeline stages this job runs (tests/test_dags.py checks the jobs cover them all, in order).
+STAGES = ["score"]
+
 if __name__ == "__main__":
-    sys.exit(stage_main("signals,score".split(","), __doc__))
+    sys.exit(stage_main(STAGES, __doc__))

@@ -150,6 +150,20 @@ def test_nightly_spark_steps_run_the_jobs(nightly):
     assert sensor.mode == "reschedule"
 
 
+def test_the_spark_jobs_run_every_pipeline_stage_once_in_order(nightly):
+    # Each stage reads what earlier stages wrote (rings reads signals, score reads rings):
+    # the jobs, in task order, must run exactly the pipeline's stages in the pipeline's order.
+    import importlib
+
+    from graph.pipeline import STAGES
+
+    ran = []
+    for task_id in [t for t in NIGHTLY_ORDER if isinstance(nightly.task_dict[t], SparkSubmitOperator)]:
+        job = Path(nightly.task_dict[task_id].application).stem
+        ran += importlib.import_module(f"jobs.{job}").STAGES
+    assert ran == list(STAGES)
+
+
 def test_task_functions_do_not_shadow_context_keys(dagbag):
     # Airflow refuses, at run time, a task argument named like a context key
     # (ds, conf, params, ...): catch it at parse time instead.
