@@ -15,8 +15,10 @@ Tables read (all written by the nightly stages; see README):
 - ``rings/`` (``graph.rings.RINGS_COLUMNS``) and ``ring_members/`` (``RING_MEMBERS_COLUMNS``);
 - ``risk/`` (``graph.schema.RISK_SCHEMA``): a ring's type is the ``ring_type``
   its listed entities carry; a ring none of whose entities is listed is
-  ``unlisted``. Its *top score* is the highest entity score listed under it
-  (the ring score itself is not among the run's tables);
+  ``unlisted``. Its *top score* is the highest entity score listed under it;
+- ``ring_scores/`` (``graph.score``), when the run has it: the ring's own
+  ``ring_score`` and ``ring_reasons`` (why the ring was or was not listed);
+  rings are then ordered by ring score first;
 - ``signals/`` (``signal_reasons``), ``hubs/``, ``graph/edges``;
 - ``clean/payments`` and ``clean/transfers`` for timelines.
 
@@ -79,6 +81,8 @@ if TYPE_CHECKING:
 
 # --- Tables of a run folder -------------------------------------------------------------------
 RINGS_TABLE, MEMBERS_TABLE, RISK_TABLE = "rings", "ring_members", "risk"
+RING_SCORES_TABLE = "ring_scores"
+RING_SCORE, RING_REASONS = "ring_score", "ring_reasons"  # graph.score's typed ring columns
 SIGNALS_TABLE, HUBS_TABLE, EDGES_TABLE = "signals", "hubs", "graph/edges"
 PAYMENTS_TABLE, TRANSFERS_TABLE = "clean/payments", "clean/transfers"
 
@@ -129,6 +133,7 @@ _REQUIRED = {
     RINGS_TABLE: RINGS_COLUMNS,
     MEMBERS_TABLE: (RING_ID, ENTITY_TYPE, ENTITY_ID, MEMBER_VERTEX, ROLE),
     RISK_TABLE: tuple(RISK_SCHEMA.names),
+    RING_SCORES_TABLE: (RING_ID, RING_SCORE, RING_REASONS),
     SIGNALS_TABLE: (ENTITY_TYPE, ENTITY_ID, SIGNAL_REASONS),
     HUBS_TABLE: (ID,),
     EDGES_TABLE: (SRC, DST, EDGE_TYPE, DIRECTED, N_EVENTS, AMOUNT_SUM, N_DECLINED, WEIGHT),
@@ -220,15 +225,26 @@ def _ring_scores(risk: DataFrame) -> DataFrame:
                  F.count(F.lit(1)).alias(N_LISTED)))
 
 
-def _rings_scored(rings: DataFrame, risk: DataFrame) -> DataFrame:
-    return (rings.join(_ring_scores(risk), RING_ID, "left")
-            .withColumn(RING_TYPE, F.coalesce(F.col(RING_TYPE), F.lit(UNLISTED)))
-            .withColumn(N_LISTED, F.coalesce(F.col(N_LISTED), F.lit(0))))
+def _rings_scored(rings: DataFrame, risk: DataFrame, ring_scores: DataFrame | None = None) -> DataFrame:
+    """``rings`` with type, top score and listed count from ``risk``, and ring score and
+    reasons from ``ring_scores`` (null columns when the run has no such table)."""
+    scored = (rings.join(_ring_scores(risk), RING_ID, "left")
+              .withColumn(RING_TYPE, F.coalesce(F.col(RING_TYPE), F.lit(UNLISTED)))
+              .withColumn(N_LISTED, F.coalesce(F.col(N_LISTED), F.lit(0))))
+    if ring_scores is None:
+        return (scored.withColumn(RING_SCORE, F.lit(None).cast("double"))
+                .withColumn(RING_REASONS, F.lit(None).cast("array<string>")))
+    return scored.join(ring_scores.select(RING_ID, RING_SCORE, RING_REASONS), RING_ID, "left")
+
+
+def _ring_scores_table(spark: SparkSession, output_root: str, ds: dt.date | str) -> DataFrame | None:
+    return _table(spark, output_root, ds, RING_SCORES_TABLE, optional=True)
 
 
 def _ring_order() -> list[Column]:
-    """Highest listed score first (unlisted rings last), then the biggest, then by id."""
-    return [F.col(TOP_SCORE).desc_nulls_last(), F.col(SIZE).desc(), F.col(RING_ID).asc()]
+    """Highest ring score first, then the highest listed entity score (unlisted rings last), then size, id."""
+    return [F.col(RING_SCORE).desc_nulls_last(), F.col(TOP_SCORE).desc_nulls_last(), F.col(SIZE).desc(),
+            F.col(RING_ID).asc()]
 
 
 def _size_bucket(size: Column) -> Column:
@@ -345,7 +361,8 @@ def nightly_overview(spark: SparkSession, output_root: str, ds: dt.date | str, *
     ds = str(ds)
     rings = _read(spark, output_root, ds, RINGS_TABLE)
     risk = _read(spark, output_root, ds, RISK_TABLE)
-    scored = _rings_scored(rings, risk).withColumn(SIZE_BUCKET, _size_bucket(F.col(SIZE)))
+    scored = (_rings_scored(rings, risk, _ring_scores_table(spark, output_root, ds))
+              .withColumn(SIZE_BUCKET, _size_bucket(F.col(SIZE))))
     n_rings = rings.count()
 
     counts = _collect(scored.groupBy(RING_TYPE, SIZE_BUCKET).agg(F.count(F.lit(1)).alias(N_RINGS)),
@@ -387,9 +404,9 @@ def nightly_overview(spark: SparkSession, output_root: str, ds: dt.date | str, *
         top = scored.withColumn(CHANGE, F.lit(None).cast("string"))
     change_counts.index.name, change_counts.name = CHANGE, N_RINGS
     top_cols = [RING_ID, RING_TYPE, SIZE, N_ACCOUNTS, N_DEVICES, N_IPS, N_CARDS, N_MERCHANTS, DENSITY,
-                TOP_SCORE, N_LISTED, RING_FIRST_SEEN, CHANGE]
+                RING_SCORE, TOP_SCORE, N_LISTED, RING_FIRST_SEEN, CHANGE]
     top_rings = _collect(top.orderBy(*_ring_order()).limit(top_n).select(*top_cols), max_rows, "top rings")
-    top_rings = top_rings.sort_values([TOP_SCORE, SIZE, RING_ID], ascending=[False, False, True],
+    top_rings = top_rings.sort_values([RING_SCORE, TOP_SCORE, SIZE, RING_ID], ascending=[False, False, False, True],
                                       na_position="last").reset_index(drop=True)
     return NightlyOverview(ds=ds, previous_ds=previous_ds, n_rings=n_rings, rings_by_type_size=by_type_size,
                            score_histogram=score_hist, list_sizes=list_sizes, top_rings=top_rings,
@@ -397,10 +414,11 @@ def nightly_overview(spark: SparkSession, output_root: str, ds: dt.date | str, *
 
 
 def top_ring_id(spark: SparkSession, output_root: str, ds: dt.date | str) -> str:
-    """The ring an investigator should open first: highest listed score, then size, then id."""
+    """The ring an investigator should open first: highest ring score, listed score, size, then id."""
     rings = _read(spark, output_root, ds, RINGS_TABLE)
     risk = _read(spark, output_root, ds, RISK_TABLE)
-    first = _rings_scored(rings, risk).orderBy(*_ring_order()).select(RING_ID).limit(1).collect()
+    scored = _rings_scored(rings, risk, _ring_scores_table(spark, output_root, ds))
+    first = scored.orderBy(*_ring_order()).select(RING_ID).limit(1).collect()
     if not first:
         raise RingNotFound(f"no rings in {io.table_path(str(output_root), ds, RINGS_TABLE)}")
     return str(first[0][RING_ID])
@@ -412,7 +430,8 @@ def ring_summary(spark: SparkSession, output_root: str, ds: dt.date | str, ring_
     """The ring's row of ``rings/`` plus its type, top score, listed count and change since the last night."""
     ds = str(ds)
     rings = _read(spark, output_root, ds, RINGS_TABLE).where(F.col(RING_ID) == ring_id)
-    row = _collect(_rings_scored(rings, _read(spark, output_root, ds, RISK_TABLE)), 1, f"ring {ring_id}")
+    row = _collect(_rings_scored(rings, _read(spark, output_root, ds, RISK_TABLE),
+                                 _ring_scores_table(spark, output_root, ds)), 1, f"ring {ring_id}")
     if row.empty:
         raise RingNotFound(f"ring {ring_id!r} is not in {io.table_path(str(output_root), ds, RINGS_TABLE)}")
     out = row.iloc[0]
@@ -669,7 +688,8 @@ def _neighbours(spark: SparkSession, output_root: str, ds: str, ring_id: str, vi
           for r, name in ((SHARED_MEMBER, SHARED_MEMBERS), (EDGE, EDGES_BETWEEN),
                           (SHARED_IDENTIFIER, SHARED_IDENTIFIERS))],
         F.sort_array(F.collect_set(VIA)).alias(VIA))
-    rings = _rings_scored(_read(spark, output_root, ds, RINGS_TABLE), _read(spark, output_root, ds, RISK_TABLE))
+    rings = _rings_scored(_read(spark, output_root, ds, RINGS_TABLE), _read(spark, output_root, ds, RISK_TABLE),
+                          _ring_scores_table(spark, output_root, ds))
     out = per_ring.join(rings.select(RING_ID, RING_TYPE, SIZE, TOP_SCORE), RING_ID, "left")
     pdf = _collect(out, max_rows, f"rings neighbouring {ring_id}")
     pdf[VIA] = [list(v) for v in pdf[VIA]]

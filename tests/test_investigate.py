@@ -324,3 +324,22 @@ def test_pictures(mule_case, overview):
     frame = inv.html_iframe('<p class="x">hi</p>')
     assert frame == ('<div><iframe srcdoc="&lt;p class=&quot;x&quot;&gt;hi&lt;/p&gt;" '
                      'style="width: 100%; height: 600px; border: none;"></iframe></div>')
+
+
+def test_ring_scores_when_present_order_the_rings_and_explain_them(spark, tmp_path):
+    # The score stage writes ring_scores/ (ring type, score, reasons of every ring, listed or not).
+    root = str(write_run_folder(tmp_path))
+    assert inv.top_ring_id(spark, root, D) == "R-ct"  # without ring scores: highest listed entity score
+    spark.createDataFrame(
+        [("R-mule", "mule", 0.97, ["forwarded 91% of inflows within 3 h"]),
+         ("R-ct", "card_testing", 0.80, ["62% of 340 card attempts declined"]),
+         ("R-new", "unknown", 0.10, ["no behavioural evidence"])],
+        "ring_id string, ring_type string, ring_score double, ring_reasons array<string>",
+    ).write.parquet(f"{root}/ds={D}/ring_scores")
+    assert inv.top_ring_id(spark, root, D) == "R-mule"
+    s = inv.ring_summary(spark, root, D, "R-new")
+    assert s["ring_score"] == pytest.approx(0.10)
+    assert list(s["ring_reasons"]) == ["no behavioural evidence"]
+    top = inv.nightly_overview(spark, root, D).top_rings
+    assert list(top["ring_id"]) == ["R-mule", "R-ct", "R-new"]
+    assert list(top["ring_score"]) == pytest.approx([0.97, 0.80, 0.10])
