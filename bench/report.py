@@ -1,4 +1,4 @@
-"""Turn ``bench/results/results.jsonl`` into ``docs/benchmarks.md`` (+ PNG plots in ``docs/img/``).
+"""Turn ``bench/results/{results,quality}.jsonl`` into ``docs/benchmarks.md`` (+ PNG plots in ``docs/img/``).
 
     .venv/bin/python bench/report.py
 
@@ -22,11 +22,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import BLOCKED_STAGES, PIPELINE_STAGES, running_stage  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "results.jsonl"
+QUALITY = REPO / "bench" / "results" / "quality.jsonl"
 DOC = REPO / "docs" / "benchmarks.md"
 PLOT = "pipeline_scaling.png"
-# Reported as blocked until GraphFrames jars are available (see graph/session.py).
-BLOCKED_EXTRA = {
-    "baselines (a)/(b)": "the comparison baselines of issue #11 run on ring discovery output (GraphFrames)",
+QUALITY_PLOT = "quality_f1.png"
+BLOCKED_EXTRA: dict[str, str] = {}
+METHOD_NAMES = {
+    "ringfence": "ringfence (CC and propagation by single-machine references)",
+    "naive_cc": "(a) naive connected components",
+    "propagation": "(b) label propagation only",
+    "rules": "(c) velocity rules only",
+    "networkx": "(d) networkx in one process",
 }
 
 
@@ -282,9 +288,75 @@ def render(latest: dict[tuple[str, str], dict]) -> str:
     return "\n".join(L).rstrip() + "\n"
 
 
+def load_quality(path: Path) -> list[dict]:
+    """The newest bench_quality record per label (world), in label order."""
+    newest: dict[str, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                newest[r.get("label") or r["world"]] = r
+    return [newest[k] for k in sorted(newest)]
+
+
+def plot_quality(records: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in METHOD_NAMES if any(m in r["methods"] for r in records)]
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / max(len(records), 1)
+    for i, r in enumerate(records):
+        ys = [r["methods"].get(m, {}).get("f1_overall") or 0.0 for m in methods]
+        ax.bar([j + i * width for j in range(len(methods))], ys, width, label=r.get("label") or r["world"])
+    ax.set_xticks([j + width * (len(records) - 1) / 2 for j in range(len(methods))])
+    ax.set_xticklabels([m.replace("_", " ") for m in methods])
+    ax.set_ylabel("account F1 (overall)")
+    ax.set_ylim(0, 1)
+    ax.axhline(0.95, color="grey", lw=0.8, ls="--")
+    ax.legend(fontsize=8)
+    ax.set_title("Detection quality per method and world")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def render_quality(records: list[dict]) -> list[str]:
+    if not records:
+        return []
+    L = ["## Detection quality: ringfence against the baselines", "",
+         "From `bench/bench_quality.py` (newest record per world in `bench/results/quality.jsonl`), scored by "
+         "`ringfence evaluate` against the world's truth. **Read the ringfence row with care:** its two "
+         "GraphFrames steps (connected components, risk propagation) cannot run here, so this bench computes "
+         "exactly those two with single-machine references (scipy) of the same formulas; every other step is "
+         "the product code in Spark. Baseline (a) is computed with scipy for the same reason.", "",
+         f"![overall F1 per method](img/{QUALITY_PLOT})", ""]
+    for r in records:
+        L += [f"### {r.get('label') or r['world']}", "", f"World `{r['world']}`, ds {r['ds']}, run {r['at'][:16]}Z: "
+              f"`{r['command']}`", ""]
+        rows = []
+        for m, name in METHOD_NAMES.items():
+            q = r["methods"].get(m)
+            if not q:
+                continue
+            fps = ", ".join(f"{k} {v}" for k, v in sorted((q.get("fp_by_confounder") or {}).items())) or "none"
+            rows.append([name, _n(q.get("f1_mule"), 3), _n(q.get("f1_card_testing"), 3), _n(q.get("f1_overall"), 3),
+                         _n(q.get("precision"), 3), _n(q.get("recall"), 3), _n(q.get("ring_detection"), 3),
+                         f"{100 * (q.get('fp_rate') or 0):.3f}%", _n(q.get("device_recall"), 3),
+                         _n(q.get("card_recall"), 3), fps])
+        L += _table(["method", "F1 mule", "F1 card testing", "F1 overall", "precision", "recall",
+                     "ring detection", "FP rate", "device recall", "card recall", "listed confounders"], rows)
+        L.append("")
+    return L
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--quality", type=Path, default=QUALITY)
     p.add_argument("--out", type=Path, default=DOC)
     args = p.parse_args(argv)
     latest = load(args.results)
@@ -294,7 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     if pipelines:
         plot(pipelines, stage_order(pipelines), args.out.parent / "img" / PLOT)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(latest))
+    quality = load_quality(args.quality)
+    if quality:
+        plot_quality(quality, args.out.parent / "img" / QUALITY_PLOT)
+    text = render(latest)
+    if quality:
+        text = text.rstrip() + "\n\n" + "\n".join(render_quality(quality)).rstrip() + "\n"
+    args.out.write_text(text)
     print(f"wrote {args.out}")
     return 0
 
