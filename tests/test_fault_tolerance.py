@@ -49,6 +49,11 @@ def validate_cmd(world: str, out: Path, conf: str) -> list[str]:
             "--lookback-days", LOOKBACK, "--conf", conf]
 
 
+def run_cmd(world: str, out: Path, conf: str, stages: list[str]) -> list[str]:
+    return [RINGFENCE, "run", "--input", world, "--output", str(out), "--ds", str(DS),
+            "--lookback-days", LOOKBACK, "--conf", conf, "--stages", *stages]
+
+
 def run_cli(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
 
@@ -189,3 +194,43 @@ def test_killed_mid_write_then_rerun_equals_uninterrupted_run(tmp_path, kill_poi
     assert len(clean["payments"]) == 2 and len(clean["accounts"]) >= 1
     assert report["payments"]["rows_read"] == 8 and report["payments"]["rows_quarantined"] == 6
     assert {r["reason"] for r in rows} >= {"non_positive:amount", "duplicate:event_id", "self_transfer"}
+
+
+def _stage_tables(out: Path) -> dict[str, list]:
+    run = out / f"ds={DS}"
+    return {t: _sorted_rows(run / t) for t in ("graph/vertices", "graph/edges", "hubs", "signals")}
+
+
+def test_run_killed_in_the_graph_stage_then_rerun_equals_uninterrupted_run(tmp_path):
+    # Later stages write with the same staging + rename; kill one mid-write, after validate finished.
+    world = dirty_world(tmp_path / "world")
+    conf = conf_file(tmp_path)
+    stages = ["validate", "graph", "signals"]
+    reference = tmp_path / "reference"
+    proc = run_cli(run_cmd(world, reference, conf, stages), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    out = tmp_path / "out"
+    watched = out / f"ds={DS}" / "_staging" / "graph"
+    with (tmp_path / "killed.log").open("w") as log:
+        victim = subprocess.Popen(run_cmd(world, out, conf, stages), cwd=tmp_path, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.time() + 600
+            while not watched.exists() and victim.poll() is None and time.time() < deadline:
+                time.sleep(0.01)
+            assert victim.poll() is None, "the run ended before it reached the graph stage's writes"
+            os.killpg(victim.pid, signal.SIGKILL)
+            victim.wait(timeout=60)
+        finally:
+            if victim.poll() is None:
+                os.killpg(victim.pid, signal.SIGKILL)
+                victim.wait(timeout=60)
+    assert not (out / f"ds={DS}" / "signals").exists()  # killed before the signals stage
+
+    proc = run_cli(run_cmd(world, out, conf, stages), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got, want = _stage_tables(out), _stage_tables(reference)
+    assert got == want
+    assert got["graph/edges"] and got["signals"]
+    assert _outputs(out)[:2] == _outputs(reference)[:2]  # quarantine and report too
