@@ -25,8 +25,10 @@ Methods:
     whole (scipy here: GraphFrames is blocked).
 ``propagation`` (baseline b)
     Label propagation only: the propagated risk from labelled seeds over the
-    hub-free graph, listed at the account threshold; ring type from which kind
-    of seed (mule / card_testing) the risk came from.
+    hub-free graph, listed at ``PROPAGATION_THRESHOLD`` (0.5, the product's
+    account threshold when the baseline was defined; the calibrated account
+    threshold belongs to the product's score, not to a propagated risk); ring
+    type from which kind of seed (mule / card_testing) the risk came from.
 ``rules`` (baseline c)
     Velocity rules on the product's signals, as card-testing and mule rules of
     thumb (domain notes): an account, device or IP with >= 20 attempts and a
@@ -75,6 +77,7 @@ from graph.schema import FRAUD_LABELS, RISK_SCHEMA, spark_ddl  # noqa: E402
 RESULTS = REPO / "bench" / "results" / "quality.jsonl"
 METHODS = ("ringfence", "naive_cc", "propagation", "rules", "networkx")
 RISK_COLUMNS = [f.name for f in RISK_SCHEMA]
+PROPAGATION_THRESHOLD = 0.5
 
 
 # --------------------------------------------------------------------------- helpers
@@ -214,7 +217,7 @@ def run_propagation(spark, cfg, ds, work: Path, tables, g, hubs) -> dict:
     both = pd.concat(by_kind, axis=1).fillna(0.0)
     both["score"] = both.max(axis=1)
     both["ring_type"] = np.where(both["mule"] >= both["card_testing"], "mule", "card_testing")
-    listed = both[both["score"] >= cfg.scoring.thresholds["account"]].reset_index().rename(columns={"index": "id"})
+    listed = both[both["score"] >= PROPAGATION_THRESHOLD].reset_index().rename(columns={"index": "id"})
     listed["entity_type"], listed["entity_id"] = _split(listed["id"])
     listed["ring_id"] = None
     io.write_table(_risk_rows(spark, listed, ds), str(work / "propagation"), ds, "risk")

@@ -191,7 +191,7 @@ class EvidenceConf(_Section):
     pass_through: Ramp = (0.5, 0.9)
     fan: Ramp = (3.0, 15.0)
     # Falling: an account younger than low days counts fully, older than high not at all.
-    new_account_days: Ramp = (7.0, 60.0)
+    new_account_days: Ramp = (30.0, 180.0)
     bot_session_share: Ramp = (0.3, 0.9)
     # Falling: an inter-event CV below low is fully machine-like, above high not at all.
     gap_cv: Ramp = (0.1, 0.5)
@@ -203,39 +203,41 @@ class EntityWeights(_Section):
     """Log-odds weights of the entity score (graph/score.py). All but the bias are >= 0,
     so a score can only rise with fraud evidence and only fall with a legit label."""
 
-    bias: float = -3.0
-    ct_decline: float = Field(2.5, ge=0.0)
-    ct_tiny: float = Field(1.5, ge=0.0)
-    ct_cards: float = Field(1.5, ge=0.0)
-    ct_merchants_per_card: float = Field(1.5, ge=0.0)
-    ct_burst: float = Field(1.0, ge=0.0)
-    mule_pass_through: float = Field(3.0, ge=0.0)
-    mule_fan_in: float = Field(1.0, ge=0.0)
-    mule_fan_out: float = Field(1.0, ge=0.0)
-    mule_new_account: float = Field(1.0, ge=0.0)
-    bot_taps: float = Field(1.5, ge=0.0)
-    bot_timing: float = Field(1.0, ge=0.0)
-    bot_travel: float = Field(1.0, ge=0.0)
-    bot_burst: float = Field(0.5, ge=0.0)
-    ring_member: float = Field(5.0, ge=0.0)
-    ring_link: float = Field(5.0, ge=0.0)
-    propagated: float = Field(4.0, ge=0.0)
-    fraud_label: float = Field(5.0, ge=0.0)
-    legit_label: float = Field(5.0, ge=0.0)
+    bias: float = -7.771
+    ct_decline: float = Field(0.95, ge=0.0)
+    ct_tiny: float = Field(20.26, ge=0.0)
+    ct_cards: float = Field(4.581, ge=0.0)
+    ct_merchants_per_card: float = Field(0.0, ge=0.0)
+    ct_burst: float = Field(1.944, ge=0.0)
+    mule_pass_through: float = Field(11.538, ge=0.0)
+    mule_fan_in: float = Field(4.945, ge=0.0)
+    mule_fan_out: float = Field(0.0, ge=0.0)
+    mule_new_account: float = Field(8.465, ge=0.0)
+    bot_taps: float = Field(0.0, ge=0.0)
+    bot_timing: float = Field(2.138, ge=0.0)
+    bot_travel: float = Field(6.381, ge=0.0)
+    bot_burst: float = Field(5.293, ge=0.0)
+    ring_member: float = Field(9.395, ge=0.0)
+    ring_link: float = Field(0.862, ge=0.0)
+    propagated: float = Field(2.888, ge=0.0)
+    fraud_label: float = Field(2.582, ge=0.0)
+    legit_label: float = Field(1.015, ge=0.0)
 
 
 class RingScoreConf(_Section):
     """Log-odds weights of the ring score and when a ring is listed (graph/score.py)."""
 
-    bias: float = -4.0
-    density: float = Field(1.0, ge=0.0)
-    shared_infrastructure: float = Field(1.5, ge=0.0)
-    card_testing: float = Field(8.0, ge=0.0)
-    mule: float = Field(8.0, ge=0.0)
-    bot: float = Field(2.0, ge=0.0)
-    propagated: float = Field(3.0, ge=0.0)
-    fraud_labels: float = Field(6.0, ge=0.0)
-    legit_labels: float = Field(6.0, ge=0.0)
+    bias: float = -9.205
+    density: float = Field(0.0, ge=0.0)
+    shared_infrastructure: float = Field(3.359, ge=0.0)
+    card_testing: float = Field(29.656, ge=0.0)
+    mule: float = Field(13.068, ge=0.0)
+    bot: float = Field(16.802, ge=0.0)
+    # x share of ring accounts on a mule-like transfer link of the candidate graph (ring_members.net_flow != 0)
+    money_flow: float = Field(6.49, ge=0.0)
+    propagated: float = Field(4.112, ge=0.0)
+    fraud_labels: float = Field(17.363, ge=0.0)
+    legit_labels: float = Field(3.807, ge=0.0)
     # Label shares are n_labelled / (ring size + label_prior): one label in a big ring is little.
     label_prior: float = Field(2.0, ge=0.0)
     threshold: float = Field(0.5, ge=0.0, le=1.0)
@@ -271,7 +273,7 @@ class ScoringConf(_Section):
         return v
     thresholds: dict[str, float] = Field(
         default_factory=lambda: {
-            "account": 0.5, "device": 0.5, "ip": 0.6, "card": 0.5, "merchant": 0.8,
+            "account": 0.96, "device": 0.95, "ip": 0.5, "card": 0.5, "merchant": 0.8,
         }
     )
     list_ttl_days: int = Field(7, ge=1)
@@ -281,7 +283,9 @@ class ScoringConf(_Section):
     # An entity outside every listed ring needs at least this score (and its type's threshold).
     lone_min_score: float = Field(0.8, ge=0.0, le=1.0)
     # A ring or entity is typed mule/card_testing only with at least this much family evidence.
-    type_min_evidence: float = Field(0.3, ge=0.0, le=1.0)
+    type_min_evidence: float = Field(0.05, ge=0.0, le=1.0)
+    # A ring's mule vote adds this x its money-flow share (accounts on mule-like transfer links).
+    type_money_flow: float = Field(0.25, ge=0.0)
     # Propagated risk below this is not given as a reason.
     reason_min_propagated: float = Field(0.1, ge=0.0, le=1.0)
 

@@ -59,25 +59,36 @@ largest fan-in and fan-out, the mean "new account" feature and the mean bot
 evidence — and run through the same features, giving the ring's card-testing,
 mule and bot evidence (merchants per card has no ring analogue and counts 0,
 so pooled card-testing evidence tops out at 1 - ct_merchants_per_card / the
-sum of the ct weights, 0.81 by default). With ``r = scoring.ring``::
+sum of the ct weights; the fitted ct_merchants_per_card is 0, so at 1). With
+``r = scoring.ring``::
 
     z_ring = r.bias + r.density x density + r.shared_infrastructure x shared_share
            + r.card_testing x E_ct + r.mule x E_mule + r.bot x E_bot
+           + r.money_flow x money_flow_share
            + r.propagated x mean propagated risk of the ring's accounts
            + r.fraud_labels x n_fraud / (size + r.label_prior)
            - r.legit_labels x n_legit / (size + r.label_prior)
     ring_score = sigmoid(z_ring)
 
 ``shared_share`` is the share of ring accounts that share a (non-hub) device,
-IP or card with another ring account. ``n_fraud`` / ``n_legit`` count members
-whose latest usable label is fraud/mule/card_testing / legit; the prior in the
-denominator is why one wrong label cannot taint a big community. Structure
-alone (a family sharing devices: density 1, every account sharing) reaches
-``sigmoid(-1.5) = 0.18``, far below ``r.threshold``: rings are listed for
-behaviour, labels or propagated risk, never for being tight.
+IP or card with another ring account. ``money_flow_share`` is the share of
+ring accounts on a mule-like transfer link of the candidate graph (the
+``money_forward`` rule of graph/candidates.py: fresh money received and passed
+on within ``scoring.signals.pass_through_hours``), read from
+``ring_members.net_flow != 0`` (graph/rings.py sums money moved on those links,
+the only candidate links that carry flow). Pooled pass-through and fan-in/out
+miss it when each member forwards only a few transfers; a family, a card
+testing ring or a household sharing a device has none. ``n_fraud`` /
+``n_legit`` count members whose latest usable label is fraud/mule/card_testing
+/ legit; the prior in the denominator is why one wrong label cannot taint a
+big community. Structure alone (a family sharing devices: density 1, every
+account sharing) reaches ``sigmoid(r.bias + r.density + r.shared_infrastructure)``,
+0.003 with the fitted weights, far below ``r.threshold``: rings are listed for
+behaviour, money flow, labels or propagated risk, never for being tight.
 
-Ring type: ``v_t = E_t + n_t_labels / (size + label_prior)`` for t in
-(card_testing, mule); the larger one wins if it is at least
+Ring type: ``v_ct = E_ct + n_ct_labels / (size + label_prior)`` and
+``v_mule = E_mule + scoring.type_money_flow x money_flow_share + n_mule_labels
+/ (size + label_prior)``; the larger one wins if it is at least
 ``scoring.type_min_evidence``, otherwise (or on a tie) ``unknown``.
 
 Entity score
@@ -99,12 +110,21 @@ outsiders is small). With ``w = scoring.weights``::
     score = sigmoid(z)
 
 Meaning: ``score`` is a monotone estimate of the probability that the entity
-takes part in fraud; ``w.bias`` is the log-odds with no evidence (0.05 by
-default) and each term is the log-odds the evidence adds. Every weight but
-the bias is >= 0 (enforced by the config), so more fraud evidence never lowers
-a score and a legit label never raises it. The weights are placeholders until
-a calibration bench fits them against generated-world truth; ``entity_scores``
-keeps every feature and each term (``c_*``) for that.
+takes part in fraud; ``w.bias`` is the log-odds with no evidence (0.0004 with
+the fitted weights) and each term is the log-odds the evidence adds. Every
+weight but the bias is >= 0 (enforced by the config), so more fraud evidence
+never lowers a score and a legit label never raises it. A labelled entity is a
+propagation seed whose propagated risk is its own label (graph/propagate.py),
+so a fraud label weighs ``w.fraud_label + w.propagated`` in all; with the
+fitted weights that alone stays below ``lone_min_score``: a label lists an
+entity together with its ring or its own behaviour, not on its own.
+
+Calibration: the weights here and of the ring score, the thresholds and the
+type parameters in conf/default.yaml are fitted by bench/calibrate_scores.py
+against generated-world truth (non-negative logistic regressions of ring and
+entity truth, then a threshold search under the false-positive target);
+``entity_scores`` and ``ring_scores`` keep every feature and each term
+(``c_*``) for that.
 
 Listing
 -------
@@ -160,6 +180,7 @@ N_ACCOUNTS = "n_accounts"
 N_EDGES = "n_edges"
 DENSITY = "density"
 MEMBER_VERTEX = "member_vertex"
+NET_FLOW = "net_flow"  # money moved on the candidate graph's mule-like transfer links (graph/rings.py)
 # Propagated risk (GraphFrames).
 ID = "id"
 RISK = "risk"
@@ -209,6 +230,7 @@ MAX_FAN_IN, MAX_FAN_OUT, MEAN_NEW = "max_fan_in", "max_fan_out", "mean_new_accou
 MEAN_BOT = "mean_bot_evidence"
 PASS_ACCOUNTS, BOT_ACCOUNTS = "pass_through_accounts", "bot_accounts"
 MEAN_PROPAGATED = "mean_propagated"
+MONEY_FLOW_ACCOUNTS, MONEY_FLOW_SHARE = "money_flow_accounts", "money_flow_share"
 N_FRAUD_LABELS, N_LEGIT_LABELS = "n_fraud_labels", "n_legit_labels"
 N_MULE_LABELS, N_CT_LABELS = "n_mule_labels", "n_card_testing_labels"
 LATEST_FRAUD_LABEL = "latest_fraud_label"
@@ -475,7 +497,7 @@ def ring_features(
     the raw evidence ``type_rings`` scores, kept for calibration.
     """
     _require(rings, "rings", RINGS_REQUIRED)
-    _require(ring_members, "ring_members", MEMBERS_REQUIRED)
+    _require(ring_members, "ring_members", (*MEMBERS_REQUIRED, NET_FLOW))
     _require(infrastructure, "ring infrastructure", INFRA_COLUMNS)
     _require(signals, "signals", (*KEYS, *SIGNALS_USED))
     sc, w = cfg.scoring, cfg.scoring.weights
@@ -523,6 +545,10 @@ def ring_features(
                  F.when(is_fraud, c(LABELED_AT))).alias(LATEST_FRAUD_LABEL),
     )
 
+    # Ring accounts on a mule-like transfer link of the candidate graph (the only links that carry flow).
+    money_flow = (ring_members.where((c(ENTITY_TYPE) == "account") & (F.abs(c(NET_FLOW)) > 0))
+                  .groupBy(RING_ID).agg(F.count_distinct(MEMBER_VERTEX).alias(MONEY_FLOW_ACCOUNTS)))
+
     shared = infrastructure.where(c(VIA_TYPE).isin(*SHARED_TYPES) & (c(RING_ACCOUNTS) >= 2))
     shared_counts = shared.groupBy(RING_ID).agg(
         F.count_distinct(ACCOUNT_VERTEX).alias(SHARED_ACCOUNTS),
@@ -533,17 +559,19 @@ def ring_features(
 
     zero_if_null = [POOL_ATTEMPTS, POOL_DECLINED, POOL_CARDS, ATTEMPTING_ACCOUNTS, POOL_INFLOWS,
                     PASS_ACCOUNTS, BOT_ACCOUNTS, N_FRAUD_LABELS, N_LEGIT_LABELS, N_MULE_LABELS,
-                    N_CT_LABELS, SHARED_ACCOUNTS, SHARED_DEVICES, SHARED_IPS, SHARED_CARDS]
+                    N_CT_LABELS, SHARED_ACCOUNTS, SHARED_DEVICES, SHARED_IPS, SHARED_CARDS, MONEY_FLOW_ACCOUNTS]
     base = (rings.select(RING_ID, c(SIZE).cast("bigint").alias(SIZE), c(N_ACCOUNTS).cast("bigint").alias(N_ACCOUNTS),
                          c(N_EDGES).cast("bigint").alias(N_EDGES),
                          F.coalesce(c(DENSITY).cast("double"), F.lit(0.0)).alias(DENSITY))
-            .join(pooled, RING_ID, "left").join(label_counts, RING_ID, "left").join(shared_counts, RING_ID, "left"))
+            .join(pooled, RING_ID, "left").join(label_counts, RING_ID, "left").join(shared_counts, RING_ID, "left")
+            .join(money_flow, RING_ID, "left"))
     base = base.withColumns({k: F.coalesce(c(k), F.lit(0)).cast("bigint") for k in zero_if_null})
     base = base.withColumns({
         POOL_DECLINE_RATE: _ratio(c(POOL_DECLINED), c(POOL_ATTEMPTS)),
         POOL_TINY_SHARE: _ratio(c(POOL_TINY), c(POOL_ATTEMPTS)),
         CARDS_PER_ACCOUNT: _ratio(c(POOL_CARDS), c(ATTEMPTING_ACCOUNTS)),
         SHARED_SHARE: F.coalesce(_ratio(c(SHARED_ACCOUNTS), c(N_ACCOUNTS)), F.lit(0.0)),
+        MONEY_FLOW_SHARE: F.least(F.coalesce(_ratio(c(MONEY_FLOW_ACCOUNTS), c(N_ACCOUNTS)), F.lit(0.0)), F.lit(1.0)),
         MEAN_PROPAGATED: F.coalesce(c(MEAN_PROPAGATED), F.lit(0.0)),
         MEAN_BOT: F.coalesce(c(MEAN_BOT), F.lit(0.0)),
     })
@@ -577,6 +605,9 @@ def _ring_reasons(cfg: RingfenceConfig) -> Column:
             f"%,d of %,d ring accounts forwarded >= %d%% of inflows within {sig.pass_through_hours:g} h "
             "(%d%% of %,d inflows overall)", c(PASS_ACCOUNTS), c(N_ACCOUNTS), S._pct(F.lit(sig.reason_pass_through)),
             S._pct(c(POOL_PASS_THROUGH)), c(POOL_INFLOWS))),
+        F.when(c(MONEY_FLOW_ACCOUNTS) >= 2, F.format_string(
+            "%,d of %,d ring accounts sent or received mule-like transfers (fresh money passed on within "
+            f"{sig.pass_through_hours:g} h)", c(MONEY_FLOW_ACCOUNTS), c(N_ACCOUNTS))),
         F.when(c(MAX_FAN_IN) >= sig.reason_fan,
                F.format_string("a ring account received transfers from %,d distinct senders", c(MAX_FAN_IN))),
         F.when(c(MAX_FAN_OUT) >= sig.reason_fan,
@@ -610,7 +641,7 @@ def type_rings(features: DataFrame, cfg: RingfenceConfig) -> DataFrame:
     """
     _require(features, "ring features", (RING_ID, SIZE, N_ACCOUNTS, DENSITY, SHARED_SHARE, CT_EVIDENCE,
                                          MULE_EVIDENCE, BOT_EVIDENCE, MEAN_PROPAGATED, N_FRAUD_LABELS,
-                                         N_LEGIT_LABELS, N_MULE_LABELS, N_CT_LABELS))
+                                         N_LEGIT_LABELS, N_MULE_LABELS, N_CT_LABELS, MONEY_FLOW_SHARE))
     r, c = cfg.scoring.ring, F.col
     denom = c(SIZE).cast("double") + F.lit(r.label_prior)
 
@@ -619,10 +650,12 @@ def type_rings(features: DataFrame, cfg: RingfenceConfig) -> DataFrame:
 
     z = (F.lit(r.bias) + F.lit(r.density) * c(DENSITY) + F.lit(r.shared_infrastructure) * c(SHARED_SHARE)
          + F.lit(r.card_testing) * c(CT_EVIDENCE) + F.lit(r.mule) * c(MULE_EVIDENCE)
-         + F.lit(r.bot) * c(BOT_EVIDENCE) + F.lit(r.propagated) * c(MEAN_PROPAGATED)
+         + F.lit(r.bot) * c(BOT_EVIDENCE) + F.lit(r.money_flow) * c(MONEY_FLOW_SHARE)
+         + F.lit(r.propagated) * c(MEAN_PROPAGATED)
          + F.lit(r.fraud_labels) * share(N_FRAUD_LABELS) - F.lit(r.legit_labels) * share(N_LEGIT_LABELS))
-    ring_type = _type_vote(c(CT_EVIDENCE) + share(N_CT_LABELS), c(MULE_EVIDENCE) + share(N_MULE_LABELS),
-                           cfg.scoring.type_min_evidence)
+    ring_type = _type_vote(c(CT_EVIDENCE) + share(N_CT_LABELS),
+                           c(MULE_EVIDENCE) + F.lit(cfg.scoring.type_money_flow) * c(MONEY_FLOW_SHARE)
+                           + share(N_MULE_LABELS), cfg.scoring.type_min_evidence)
     out = (features.withColumn(RING_LOGIT, z)
            .withColumn(RING_SCORE, _sigmoid(c(RING_LOGIT)))
            .withColumn(RING_TYPE, ring_type)
