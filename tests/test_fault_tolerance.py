@@ -124,13 +124,19 @@ def test_pan_in_an_extra_column_is_dropped_and_never_exported(tmp_path):
     extra = {"raw_card": [PAN_PLAIN, PAN_SPACED, None, PAN_DASHED, PAN_PLAIN]}
     world = dirty_world(tmp_path / "world", extra=extra)
     out = tmp_path / "out"
-    proc = run_cli(validate_cmd(world, out, conf_file(tmp_path)), cwd=tmp_path)
+    # Every stage that runs without GraphFrames: validate, then the graph and signals read the clean tables.
+    proc = run_cli(run_cmd(world, out, conf_file(tmp_path), ["validate", "graph", "signals"]), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = every_file(out)
-    assert any(f.suffix == ".parquet" for f in files)
-    rows = pq.read_table(out / f"ds={DS}" / "quarantine").to_pylist()
+    run = out / f"ds={DS}"
+    for table in ("quarantine", "clean/payments", "graph/edges", "signals"):
+        assert any(f.suffix == ".parquet" for f in every_file(run / table)), table
+    rows = pq.read_table(run / "quarantine").to_pylist()
     assert {r["record_id"] for r in rows} >= {"p2", "p4"}  # rows whose extra column held a PAN
-    assert_nothing_leaked(files + every_file(tmp_path / "spark-warehouse"), proc.stdout, proc.stderr)
+    # Positive control: the grep finds the planted numbers in the input's extra column.
+    assert leaked_forms("".join(parquet_text(f) for f in every_file(Path(world)) if f.suffix == ".parquet"))
+    assert_nothing_leaked(files + every_file(tmp_path / "spark-warehouse", tmp_path / "ckpt"),
+                          proc.stdout, proc.stderr)
 
 
 def _sorted_rows(path: Path) -> list:
