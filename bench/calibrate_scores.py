@@ -226,7 +226,10 @@ class Scored:
         c_ring = np.where(rs.notna(), pull * e.link_strength.fillna(0.0) * rs.fillna(0.0), 0.0)
         c_label = np.where(e.label.isin(FRAUD), w["fraud_label"], np.where(e.label == "legit", -w["legit_label"], 0.0))
         z = w["bias"] + ct_pts + mu_pts + bo_pts + c_ring + w["propagated"] * e.propagated_risk.fillna(0.0) + c_label
-        self.score = sigmoid(z.to_numpy(float))
+        # A fraud label from a trusted source lists the entity with at least trusted_label_score (graph/score.py).
+        self.trusted = (e.label.isin(FRAUD) & e.source.isin(p.get("trusted_label_sources") or [])).to_numpy()
+        self.score = np.where(self.trusted, np.maximum(sigmoid(z.to_numpy(float)), p.get("trusted_label_score", 1.0)),
+                              sigmoid(z.to_numpy(float)))
         self.ring_score = rs.fillna(-1.0).to_numpy()   # -1: attached to no ring
         self.ring_type = e.attached_ring_id.map(by_id.type).fillna("unknown").to_numpy()
         self.own_type = np.where(e.label.isin(["mule", "card_testing"]), e.label, own_type)
@@ -235,7 +238,7 @@ class Scored:
     def listing(self, ring_threshold: float, thresholds: dict, lone_min: float):
         in_listed = self.ring_score >= ring_threshold
         th = np.select([self.etype == t for t in thresholds], list(thresholds.values()), 1.0)
-        listed = self.score >= np.where(in_listed, th, np.maximum(th, lone_min))
+        listed = (self.score >= np.where(in_listed, th, np.maximum(th, lone_min))) | self.trusted
         return listed, np.where(in_listed, self.ring_type, self.own_type)
 
 
@@ -388,7 +391,8 @@ def scoring_dict(cfg_scoring) -> dict:
     s = cfg_scoring
     return {"weights": s.weights.model_dump(), "ring": s.ring.model_dump(), "thresholds": dict(s.thresholds),
             "lone_min_score": s.lone_min_score, "type_min_evidence": s.type_min_evidence,
-            "type_money_flow": s.type_money_flow}
+            "type_money_flow": s.type_money_flow, "trusted_label_sources": list(s.trusted_label_sources),
+            "trusted_label_score": s.trusted_label_score}
 
 
 def yaml_block(q: dict) -> str:

@@ -286,6 +286,11 @@ class ScoringConf(_Section):
     type_min_evidence: float = Field(0.05, ge=0.0, le=1.0)
     # A ring's mule vote adds this x its money-flow share (accounts on mule-like transfer links).
     type_money_flow: float = Field(0.25, ge=0.0)
+    # A fraud/mule/card_testing label from one of these sources, latest usable before the cut-off, lists
+    # the entity on its own with at least trusted_label_score (a confirmed case: online scorers expect it).
+    # Labels from other sources (customer reports, chargebacks) are evidence only: they can be wrong.
+    trusted_label_sources: list[str] = Field(default_factory=lambda: ["investigator"])
+    trusted_label_score: float = Field(0.99, ge=0.0, le=1.0)
     # Propagated risk below this is not given as a reason.
     reason_min_propagated: float = Field(0.1, ge=0.0, le=1.0)
 

@@ -116,8 +116,13 @@ weight but the bias is >= 0 (enforced by the config), so more fraud evidence
 never lowers a score and a legit label never raises it. A labelled entity is a
 propagation seed whose propagated risk is its own label (graph/propagate.py),
 so a fraud label weighs ``w.fraud_label + w.propagated`` in all; with the
-fitted weights that alone stays below ``lone_min_score``: a label lists an
-entity together with its ring or its own behaviour, not on its own.
+fitted weights that alone stays below ``lone_min_score``: a label from an
+untrusted source (a customer report, a chargeback: friendly fraud and reported
+victims make these wrong now and then) lists an entity together with its ring
+or its own behaviour, not on its own. A label from one of
+``scoring.trusted_label_sources`` (investigator by default) is a confirmed
+case: ``score = max(score, scoring.trusted_label_score)`` and the entity is
+listed whatever its ring, with the label as a reason.
 
 Calibration: the weights here and of the ring score, the thresholds and the
 type parameters in conf/default.yaml are fitted by bench/calibrate_scores.py
@@ -135,7 +140,8 @@ ring that is not listed — takes the entity-level path: it is listed only when
 ``score >= max(thresholds[type], scoring.lone_min_score)``, with ``ring_id``
 null and ``ring_type`` from its own label (mule/card_testing) or else its own
 evidence as for rings. A lone bot device with hundreds of declined tiny
-attempts on many cards is listed this way.
+attempts on many cards is listed this way. An entity with a trusted fraud
+label (above) is listed on either path.
 
 Entities scored: those with signals in the window, ring members, identifiers
 ring accounts used, and entities with propagated risk > 0. A label alone does
@@ -353,7 +359,9 @@ def _day(ts: Column) -> Column:
 
 
 def _label_text(label: Column, source: Column, at: Column) -> Column:
-    by = F.when(source.isNotNull() & (source != ""), F.concat(F.lit(" by "), source)).otherwise(F.lit(""))
+    # "customer_report" reads "by customer report".
+    by = (F.when(source.isNotNull() & (source != ""), F.concat(F.lit(" by "), F.regexp_replace(source, "_", " ")))
+          .otherwise(F.lit("")))
     return F.concat(F.lit("labelled "), label, by, F.lit(" on "), _day(at))
 
 
@@ -760,6 +768,9 @@ def entity_scores(
     df = df.join(_shared_reasons(infrastructure), list(KEYS), "left")
 
     in_listed_ring = F.coalesce(c(RING_LISTED), F.lit(False))
+    trusted = (c(LABEL).isin(*FRAUD_LABELS) & c(SOURCE).isin(*sc.trusted_label_sources)
+               if sc.trusted_label_sources else F.lit(False))
+    trusted = F.coalesce(trusted, F.lit(False))
     own_type = (F.when(c(LABEL).isin("mule", "card_testing"), c(LABEL)).otherwise(c(EVIDENCE_TYPE)))
     type_threshold = F.create_map(*[x for t, v in sorted(sc.thresholds.items()) for x in (F.lit(t), F.lit(v))])
     df = df.withColumns({
@@ -772,13 +783,14 @@ def entity_scores(
     df = df.withColumn(C_PROPAGATED, F.lit(w.propagated) * c(PROPAGATED_RISK))
     df = df.withColumn(LOGIT, F.lit(w.bias) + c(C_BEHAVIOUR) + c(C_RING) + c(C_PROPAGATED) + c(C_LABEL))
     df = df.withColumns({
-        SCORE: _sigmoid(c(LOGIT)),
+        SCORE: F.when(trusted, F.greatest(_sigmoid(c(LOGIT)), F.lit(sc.trusted_label_score)))
+        .otherwise(_sigmoid(c(LOGIT))),
         THRESHOLD: F.when(in_listed_ring, type_threshold[c(ENTITY_TYPE)])
         .otherwise(F.greatest(type_threshold[c(ENTITY_TYPE)], F.lit(sc.lone_min_score))),
         RING_ID: F.when(in_listed_ring, c(ATTACHED_RING)),
         RING_TYPE: F.when(in_listed_ring, c("attached_ring_type")).otherwise(own_type),
     })
-    df = df.withColumn(LISTED, F.coalesce(c(SCORE) >= c(THRESHOLD), F.lit(False)))
+    df = df.withColumn(LISTED, F.coalesce(c(SCORE) >= c(THRESHOLD), F.lit(False)) | trusted)
     return df.withColumn(REASONS, _entity_reasons(cfg, in_listed_ring))
 
 

@@ -116,7 +116,8 @@ def edge_rows():
     return rows
 
 
-WRONG_LABEL = ("account", "b-07", "mule", ts(2026, 11, 2, 15), "investigator")
+# Wrong labels come from customer reports and chargebacks (victims reported, friendly fraud).
+WRONG_LABEL = ("account", "b-07", "mule", ts(2026, 11, 2, 15), "customer_report")
 
 
 @pytest.fixture(scope="module")
@@ -217,13 +218,38 @@ def test_one_wrong_label_does_not_taint_a_big_community(world, config):
     assert not rings["RBIG"]["ring_listed"]
     assert rings["RBIG"]["ring_score"] < 0.05
     assert rings["RBIG"]["n_fraud_labels"] == 1
-    # Nobody is listed, the labelled account included: with the fitted weights a label alone (no ring,
-    # no behaviour of its own) stays below the lone-entity minimum.
+    # Nobody is listed, the labelled account included: with the fitted weights an untrusted label alone
+    # (no ring, no behaviour of its own) stays below the lone-entity minimum.
     assert not any(a in BIG for (t, a) in risk)
     row = scores[("account", "b-07")]
     assert row["label"] == "mule" and row["ring_type"] == "mule" and not row["listed"]
     assert row["score"] < config.scoring.lone_min_score
-    assert row["reasons"] == ["labelled mule by investigator on 2026-11-02"]
+    assert row["reasons"] == ["labelled mule by customer report on 2026-11-02"]
+
+
+def test_investigator_label_lists_the_entity_alone_not_its_community(spark, config, inputs, world):
+    _, scores0, _, _ = world
+    confirmed = ("account", "b-07", "mule", ts(2026, 11, 2, 15), "investigator")
+    rings, scores, risk, _ = run(spark, config, inputs, labels=[confirmed])
+    assert "investigator" in config.scoring.trusted_label_sources
+    row = risk[("account", "b-07")]
+    assert row["ring_id"] is None and row["ring_type"] == "mule"
+    assert row["reasons"][0] == "labelled mule by investigator on 2026-11-02"
+    # Its own evidence is the same as under the untrusted label; the confirmation sets the floor.
+    assert scores[("account", "b-07")]["logit"] == pytest.approx(scores0[("account", "b-07")]["logit"], abs=1e-12)
+    assert row["score"] == pytest.approx(config.scoring.trusted_label_score)
+    # The community stays unlisted and nobody else in it is listed.
+    assert not rings["RBIG"]["ring_listed"]
+    assert {a for (t, a) in risk if a in BIG} == {"b-07"}
+    # A later legit review by an investigator (before the cut-off) takes it off again.
+    cleared = ("account", "b-07", "legit", ts(2026, 11, 10), "investigator")
+    _, _, risk_cleared, _ = run(spark, config, inputs, labels=[confirmed, cleared])
+    assert ("account", "b-07") not in risk_cleared
+    # With no trusted source configured the label is evidence only.
+    untrusting = config.model_copy(update={"scoring": config.scoring.model_copy(
+        update={"trusted_label_sources": []})})
+    _, _, risk_untrusting, _ = run(spark, config, inputs, labels=[confirmed], cfg=untrusting)
+    assert ("account", "b-07") not in risk_untrusting
 
 
 def test_lone_bot_device_listed_without_ring(world, config):
