@@ -783,8 +783,8 @@ def entity_scores(
     df = df.withColumn(C_PROPAGATED, F.lit(w.propagated) * c(PROPAGATED_RISK))
     df = df.withColumn(LOGIT, F.lit(w.bias) + c(C_BEHAVIOUR) + c(C_RING) + c(C_PROPAGATED) + c(C_LABEL))
     df = df.withColumns({
-        SCORE: F.when(trusted, F.greatest(_sigmoid(c(LOGIT)), F.lit(sc.trusted_label_score)))
-        .otherwise(_sigmoid(c(LOGIT))),
+        # greatest() skips the null of an untrusted row: the floor applies to trusted labels only.
+        SCORE: F.greatest(_sigmoid(c(LOGIT)), F.when(trusted, F.lit(sc.trusted_label_score))),
         THRESHOLD: F.when(in_listed_ring, type_threshold[c(ENTITY_TYPE)])
         .otherwise(F.greatest(type_threshold[c(ENTITY_TYPE)], F.lit(sc.lone_min_score))),
         RING_ID: F.when(in_listed_ring, c(ATTACHED_RING)),
