@@ -128,9 +128,9 @@ class World:
         n_acc = acc.groupby("ring_id").size()
         r["n_acc"] = r.ring_id.map(n_acc).fillna(0).to_numpy()
         r["y"] = (r.ring_id.map(votes).fillna(0) > r.n_acc / 2).astype(float)
-        if "money_flow_share" not in r:  # a bench run from before the money-flow feature
-            flow = acc.assign(f=acc.net_flow.abs() > 0).groupby("ring_id").f.mean()
-            r["money_flow_share"] = r.ring_id.map(flow).fillna(0.0)
+        if "money_flow_evidence" not in r:
+            raise SystemExit(f"{base}/ring_scores has no money_flow_evidence: a bench run from before "
+                             "graph/score.py measured money flow against the night's rings; rerun bench_quality.py")
         self.e, self.r, self.members = e.reset_index(drop=True), r.reset_index(drop=True), acc[["ring_id", *KEYS]]
         self.etype = self.e.entity_type.to_numpy()
 
@@ -150,7 +150,8 @@ class World:
         self.det_ring = pd.Categorical(pairs.ring_id, categories=sizes.index).codes
         self.acc_rows = acc_rows
         truth_keys = set(zip(truth.entity_type, truth.entity_id, strict=True))
-        c = conf[[k not in truth_keys for k in zip(conf.entity_type, conf.entity_id, strict=True)]]
+        c = conf.loc[np.array([k not in truth_keys for k in zip(conf.entity_type, conf.entity_id, strict=True)],
+                              dtype=bool)]
         pos = pd.Series(np.arange(len(e)), index=e.entity_type + ":" + e.entity_id)
         idx = pos.reindex(c.entity_type + ":" + c.entity_id).to_numpy()
         ok = ~np.isnan(idx)
@@ -181,7 +182,7 @@ def ring_design(wd: World, w: dict, label_prior: float, unlabelled: bool = False
     den = r["size"].to_numpy(float) + label_prior
     lab = 0.0 if unlabelled else 1.0
     return np.column_stack([
-        r.density, r.shared_share, ect, emu, r.ring_id.map(mean_bot).fillna(0.0), r.money_flow_share,
+        r.density, r.shared_share, ect, emu, r.ring_id.map(mean_bot).fillna(0.0), r.money_flow_evidence,
         lab * r.mean_propagated, lab * r.n_fraud_labels / den, -lab * r.n_legit_labels / den])
 
 
@@ -217,7 +218,7 @@ class Scored:
         ring_score = sigmoid(rw["bias"] + x @ np.array([rw[k] for k in RING_TERMS]))
         den = r["size"].to_numpy(float) + rw["label_prior"]
         ring_type = vote(x[:, 2] + r.n_card_testing_labels.to_numpy() / den,
-                         x[:, 3] + p["type_money_flow"] * r.money_flow_share.to_numpy()
+                         x[:, 3] + p["type_money_flow"] * r.money_flow_evidence.to_numpy()
                          + r.n_mule_labels.to_numpy() / den, p["type_min_evidence"])
         self.rings = pd.DataFrame({"ring_id": r.ring_id, "score": ring_score, "type": ring_type, "y": r.y})
         by_id = self.rings.set_index("ring_id")

@@ -233,8 +233,11 @@ class RingScoreConf(_Section):
     card_testing: float = Field(29.656, ge=0.0)
     mule: float = Field(13.068, ge=0.0)
     bot: float = Field(16.802, ge=0.0)
-    # x share of ring accounts on a mule-like transfer link of the candidate graph (ring_members.net_flow != 0)
+    # x money_flow_evidence: how rare tonight the ring's share of accounts on mule-like transfer links is
+    # (graph/score.py money_flow_evidence); money_flow_prior pseudo-accounts in rings without money flow
+    # keep a night with few rings from making every money-flow ring look common (not fitted).
     money_flow: float = Field(6.49, ge=0.0)
+    money_flow_prior: float = Field(100.0, ge=0.0)
     propagated: float = Field(4.112, ge=0.0)
     fraud_labels: float = Field(17.363, ge=0.0)
     legit_labels: float = Field(3.807, ge=0.0)
@@ -284,7 +287,7 @@ class ScoringConf(_Section):
     lone_min_score: float = Field(0.8, ge=0.0, le=1.0)
     # A ring or entity is typed mule/card_testing only with at least this much family evidence.
     type_min_evidence: float = Field(0.05, ge=0.0, le=1.0)
-    # A ring's mule vote adds this x its money-flow share (accounts on mule-like transfer links).
+    # A ring's mule vote adds this x its money-flow evidence (ring.money_flow).
     type_money_flow: float = Field(0.25, ge=0.0)
     # A fraud/mule/card_testing label from one of these sources, latest usable before the cut-off, lists
     # the entity on its own with at least trusted_label_score (a confirmed case: online scorers expect it).

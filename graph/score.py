@@ -64,7 +64,7 @@ sum of the ct weights; the fitted ct_merchants_per_card is 0, so at 1). With
 
     z_ring = r.bias + r.density x density + r.shared_infrastructure x shared_share
            + r.card_testing x E_ct + r.mule x E_mule + r.bot x E_bot
-           + r.money_flow x money_flow_share
+           + r.money_flow x money_flow_evidence
            + r.propagated x mean propagated risk of the ring's accounts
            + r.fraud_labels x n_fraud / (size + r.label_prior)
            - r.legit_labels x n_legit / (size + r.label_prior)
@@ -78,7 +78,13 @@ on within ``scoring.signals.pass_through_hours``), read from
 ``ring_members.net_flow != 0`` (graph/rings.py sums money moved on those links,
 the only candidate links that carry flow). Pooled pass-through and fan-in/out
 miss it when each member forwards only a few transfers; a family, a card
-testing ring or a household sharing a device has none. ``n_fraud`` /
+testing ring or a household sharing a device has none. The score uses
+``money_flow_evidence``, the share measured against the night's other rings
+(``money_flow_evidence``): where ordinary customers pass money on within
+hours too (AMLSim's simulated bank), every ring built from money links has a
+share of 1 and the share alone would list every one of them; there the
+evidence falls towards 0 and only labels, behaviour and propagated risk count.
+``n_fraud`` /
 ``n_legit`` count members whose latest usable label is fraud/mule/card_testing
 / legit; the prior in the denominator is why one wrong label cannot taint a
 big community. Structure alone (a family sharing devices: density 1, every
@@ -87,7 +93,7 @@ account sharing) reaches ``sigmoid(r.bias + r.density + r.shared_infrastructure)
 behaviour, money flow, labels or propagated risk, never for being tight.
 
 Ring type: ``v_ct = E_ct + n_ct_labels / (size + label_prior)`` and
-``v_mule = E_mule + scoring.type_money_flow x money_flow_share + n_mule_labels
+``v_mule = E_mule + scoring.type_money_flow x money_flow_evidence + n_mule_labels
 / (size + label_prior)``; the larger one wins if it is at least
 ``scoring.type_min_evidence``, otherwise (or on a tie) ``unknown``.
 
@@ -237,6 +243,8 @@ MEAN_BOT = "mean_bot_evidence"
 PASS_ACCOUNTS, BOT_ACCOUNTS = "pass_through_accounts", "bot_accounts"
 MEAN_PROPAGATED = "mean_propagated"
 MONEY_FLOW_ACCOUNTS, MONEY_FLOW_SHARE = "money_flow_accounts", "money_flow_share"
+MONEY_FLOW_EVIDENCE = "money_flow_evidence"
+MONEY_FLOW_BINS = 1000  # money_flow_share is ranked in bins of 0.001
 N_FRAUD_LABELS, N_LEGIT_LABELS = "n_fraud_labels", "n_legit_labels"
 N_MULE_LABELS, N_CT_LABELS = "n_mule_labels", "n_card_testing_labels"
 LATEST_FRAUD_LABEL = "latest_fraud_label"
@@ -597,7 +605,37 @@ def ring_features(
             .withColumns({CT_EVIDENCE: _evidence(w, CT_FEATURES), MULE_EVIDENCE: _evidence(w, MULE_FEATURES),
                           BOT_EVIDENCE: c(MEAN_BOT)})
             # Ring bot evidence is the members' mean, so per-feature bot columns would only mislead.
-            .drop(POOL_TINY, MEAN_NEW, *[f for f, _ in BOT_FEATURES]))
+            .drop(POOL_TINY, MEAN_NEW, *[f for f, _ in BOT_FEATURES])
+            .transform(lambda df: money_flow_evidence(df, cfg.scoring.ring.money_flow_prior)))
+
+
+def money_flow_evidence(features: DataFrame, prior_accounts: float) -> DataFrame:
+    """Add ``money_flow_evidence``: how rare the ring's money-flow share is tonight.
+
+    ``(accounts in rings with a smaller share + prior) / (accounts in rings +
+    prior)`` for a ring with some money flow, 0 without (shares ranked in bins
+    of 1 / ``MONEY_FLOW_BINS``; ``prior`` = ``scoring.ring.money_flow_prior``
+    pseudo-accounts in rings without money flow). Where ordinary customers
+    pass money on too, every ring the candidate graph forms from money links
+    has a share near 1 and the evidence falls towards 0; on a night where
+    money flow sets a few rings apart it stays near 1. One aggregation to at
+    most ``MONEY_FLOW_BINS + 1`` rows, ranked in one partition and broadcast.
+    """
+    c = F.col
+    b, n, below, total = "_mf_bin", "_mf_n", "_mf_below", "_mf_total"
+    binned = features.withColumn(b, F.floor(c(MONEY_FLOW_SHARE) * MONEY_FLOW_BINS).cast("int"))
+    rank = Window.orderBy(b)
+    hist = (binned.groupBy(b).agg(F.sum(N_ACCOUNTS).cast("double").alias(n))
+            .withColumn(below, F.coalesce(F.sum(n).over(rank.rowsBetween(Window.unboundedPreceding, -1)),
+                                          F.lit(0.0)))
+            .withColumn(total, F.sum(n).over(rank.rowsBetween(Window.unboundedPreceding,
+                                                              Window.unboundedFollowing)))
+            .drop(n))
+    prior = F.lit(float(prior_accounts))
+    return (binned.join(F.broadcast(hist), b, "left")
+            .withColumn(MONEY_FLOW_EVIDENCE, F.when(c(MONEY_FLOW_SHARE) > 0, (c(below) + prior) / (c(total) + prior))
+                        .otherwise(F.lit(0.0)))
+            .drop(b, below, total))
 
 
 def _ring_reasons(cfg: RingfenceConfig) -> Column:
@@ -613,9 +651,11 @@ def _ring_reasons(cfg: RingfenceConfig) -> Column:
             f"%,d of %,d ring accounts forwarded >= %d%% of inflows within {sig.pass_through_hours:g} h "
             "(%d%% of %,d inflows overall)", c(PASS_ACCOUNTS), c(N_ACCOUNTS), S._pct(F.lit(sig.reason_pass_through)),
             S._pct(c(POOL_PASS_THROUGH)), c(POOL_INFLOWS))),
-        F.when(c(MONEY_FLOW_ACCOUNTS) >= 2, F.format_string(
+        # Only where money flow sets the ring apart from tonight's other rings (money_flow_evidence).
+        F.when((c(MONEY_FLOW_ACCOUNTS) >= 2) & (c(MONEY_FLOW_EVIDENCE) >= 0.5), F.format_string(
             "%,d of %,d ring accounts sent or received mule-like transfers (fresh money passed on within "
-            f"{sig.pass_through_hours:g} h)", c(MONEY_FLOW_ACCOUNTS), c(N_ACCOUNTS))),
+            f"{sig.pass_through_hours:g} h), rare among tonight's rings (evidence %.2f)",
+            c(MONEY_FLOW_ACCOUNTS), c(N_ACCOUNTS), c(MONEY_FLOW_EVIDENCE))),
         F.when(c(MAX_FAN_IN) >= sig.reason_fan,
                F.format_string("a ring account received transfers from %,d distinct senders", c(MAX_FAN_IN))),
         F.when(c(MAX_FAN_OUT) >= sig.reason_fan,
@@ -649,7 +689,8 @@ def type_rings(features: DataFrame, cfg: RingfenceConfig) -> DataFrame:
     """
     _require(features, "ring features", (RING_ID, SIZE, N_ACCOUNTS, DENSITY, SHARED_SHARE, CT_EVIDENCE,
                                          MULE_EVIDENCE, BOT_EVIDENCE, MEAN_PROPAGATED, N_FRAUD_LABELS,
-                                         N_LEGIT_LABELS, N_MULE_LABELS, N_CT_LABELS, MONEY_FLOW_SHARE))
+                                         N_LEGIT_LABELS, N_MULE_LABELS, N_CT_LABELS, MONEY_FLOW_SHARE,
+                                         MONEY_FLOW_EVIDENCE))
     r, c = cfg.scoring.ring, F.col
     denom = c(SIZE).cast("double") + F.lit(r.label_prior)
 
@@ -658,11 +699,11 @@ def type_rings(features: DataFrame, cfg: RingfenceConfig) -> DataFrame:
 
     z = (F.lit(r.bias) + F.lit(r.density) * c(DENSITY) + F.lit(r.shared_infrastructure) * c(SHARED_SHARE)
          + F.lit(r.card_testing) * c(CT_EVIDENCE) + F.lit(r.mule) * c(MULE_EVIDENCE)
-         + F.lit(r.bot) * c(BOT_EVIDENCE) + F.lit(r.money_flow) * c(MONEY_FLOW_SHARE)
+         + F.lit(r.bot) * c(BOT_EVIDENCE) + F.lit(r.money_flow) * c(MONEY_FLOW_EVIDENCE)
          + F.lit(r.propagated) * c(MEAN_PROPAGATED)
          + F.lit(r.fraud_labels) * share(N_FRAUD_LABELS) - F.lit(r.legit_labels) * share(N_LEGIT_LABELS))
     ring_type = _type_vote(c(CT_EVIDENCE) + share(N_CT_LABELS),
-                           c(MULE_EVIDENCE) + F.lit(cfg.scoring.type_money_flow) * c(MONEY_FLOW_SHARE)
+                           c(MULE_EVIDENCE) + F.lit(cfg.scoring.type_money_flow) * c(MONEY_FLOW_EVIDENCE)
                            + share(N_MULE_LABELS), cfg.scoring.type_min_evidence)
     out = (features.withColumn(RING_LOGIT, z)
            .withColumn(RING_SCORE, _sigmoid(c(RING_LOGIT)))

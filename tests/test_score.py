@@ -409,18 +409,64 @@ def test_propagated_risk_raises_score_with_reason(spark, config, inputs, world):
     assert row["reasons"] == ["propagated risk 0.90 from labelled entities nearby in the graph"]
 
 
-def test_money_flow_share_raises_ring_score_and_votes_mule(spark, config, inputs, world):
+def with_flow(spark, inputs, flow_of):
+    """``inputs`` with ``flow_of(ring, account)`` as each member's net_flow (mule-like transfer links)."""
+    members = [(ring, t, e, v, role, wd, flow_of(ring, e)) for ring, t, e, v, role, wd, _ in member_rows()]
+    return {**inputs, "ring_members": spark.createDataFrame(members, SC.RING_MEMBERS_DDL)}
+
+
+def with_flow_prior(config, prior):
+    return config.model_copy(update={"scoring": config.scoring.model_copy(update={
+        "ring": config.scoring.ring.model_copy(update={"money_flow_prior": prior})})})
+
+
+RINGS = ("RCT", "RMULE", "RHON", "RBIG")
+RING_ACCOUNTS_TONIGHT = len(CT) + len(MU) + len(HON) + len(BIG)
+
+
+def test_money_flow_raises_ring_score_and_votes_mule(spark, config, inputs, world):
     rings0, _, _, _ = world
     # The family's four accounts also passed fresh money on to each other (net_flow on mule-like links).
-    members = [(ring, t, e, v, role, wd, 2500.0 if ring == "RHON" else flow)
-               for ring, t, e, v, role, wd, flow in member_rows()]
-    flowing = {**inputs, "ring_members": spark.createDataFrame(members, SC.RING_MEMBERS_DDL)}
+    flowing = with_flow(spark, inputs, lambda ring, _: 2500.0 if ring == "RHON" else 0.0)
     rings1, _, _, _ = run(spark, config, flowing, labels=[WRONG_LABEL])
     r0, r1 = rings0["RHON"], rings1["RHON"]
-    assert (r0["money_flow_share"], r0["money_flow_accounts"]) == (0.0, 0)
+    assert (r0["money_flow_share"], r0["money_flow_accounts"], r0["money_flow_evidence"]) == (0.0, 0, 0.0)
     assert (r1["money_flow_share"], r1["money_flow_accounts"]) == (1.0, 4)
-    assert r1["ring_logit"] - r0["ring_logit"] == pytest.approx(config.scoring.ring.money_flow, abs=1e-9)
+    # The 29 accounts of the other rings have less money flow; the prior adds pseudo-accounts without.
+    prior = config.scoring.ring.money_flow_prior
+    evidence = (RING_ACCOUNTS_TONIGHT - len(HON) + prior) / (RING_ACCOUNTS_TONIGHT + prior)
+    assert r1["money_flow_evidence"] == pytest.approx(evidence, abs=1e-12)
+    assert r1["ring_logit"] - r0["ring_logit"] == pytest.approx(config.scoring.ring.money_flow * evidence,
+                                                               abs=1e-9)
     # No mule or card-testing behaviour: the money flow alone makes the vote.
     assert r0["ring_type"] == "unknown" and r1["ring_type"] == "mule"
-    assert ("4 of 4 ring accounts sent or received mule-like transfers (fresh money passed on within 48 h)"
-            in r1["ring_reasons"])
+    assert (f"4 of 4 ring accounts sent or received mule-like transfers (fresh money passed on within 48 h), "
+            f"rare among tonight's rings (evidence {evidence:.2f})") in r1["ring_reasons"]
+
+
+def test_money_flow_counts_only_as_far_as_it_is_rare_tonight(spark, config, inputs, world):
+    """A night where every ring passes money on (ordinary customers forward money within hours, as in
+    AMLSim's simulated bank): the share tells the rings apart no more, and without a prior the evidence
+    is 0, so ring scores, types, listing and reasons are those of a night without money flow."""
+    rings0, _, _, _ = world
+    no_prior = with_flow_prior(config, 0.0)
+    every = with_flow(spark, inputs, lambda *_: 100.0)
+    rings1, _, _, _ = run(spark, config, every, labels=[WRONG_LABEL], cfg=no_prior)
+    for ring in RINGS:
+        r0, r1 = rings0[ring], rings1[ring]
+        assert (r1["money_flow_share"], r1["money_flow_evidence"]) == (1.0, 0.0), ring
+        assert r1["ring_logit"] == pytest.approx(r0["ring_logit"], abs=1e-9), ring
+        assert (r1["ring_type"], r1["ring_listed"]) == (r0["ring_type"], r0["ring_listed"]), ring
+        assert not any("mule-like transfers" in x for x in r1["ring_reasons"]), ring
+    # The default prior (pseudo-accounts in rings without money flow) leaves a tiny night some evidence.
+    rings2, _, _, _ = run(spark, config, every, labels=[WRONG_LABEL])
+    prior = config.scoring.ring.money_flow_prior
+    assert rings2["RHON"]["money_flow_evidence"] == pytest.approx(prior / (RING_ACCOUNTS_TONIGHT + prior))
+    # All of RHON's accounts flow and half of RBIG's: RHON ranks above RBIG's 20 accounts and the 9 of
+    # RCT and RMULE (no flow), RBIG above those 9 only.
+    mixed = with_flow(spark, inputs, lambda ring, a: 100.0 if ring == "RHON" or a in BIG[:10] else 0.0)
+    rings3, _, _, _ = run(spark, config, mixed, labels=[WRONG_LABEL], cfg=no_prior)
+    assert rings3["RBIG"]["money_flow_share"] == 0.5
+    assert rings3["RBIG"]["money_flow_evidence"] == pytest.approx(9 / RING_ACCOUNTS_TONIGHT)
+    assert rings3["RHON"]["money_flow_evidence"] == pytest.approx(29 / RING_ACCOUNTS_TONIGHT)
+    assert rings3["RCT"]["money_flow_evidence"] == 0.0
