@@ -175,7 +175,8 @@ def run_ringfence(spark, cfg, ds, lookback, work: Path, tables, g, hubs, signals
     he = pq.read_table(io.table_path(out, ds, "score/edges")).to_pandas()
     prop = propagate_reference(he, _usable_seeds(spark, tables["labels"], ds), cfg)
     t["propagation_reference_s"] = round(time.time() - t0, 1)
-    io.write_table(spark.createDataFrame(prop), out, ds, "propagated")
+    # Explicit schema: with no usable label (an unlabelled world) the reference is empty.
+    io.write_table(spark.createDataFrame(prop, "id STRING, risk DOUBLE, seed BOOLEAN"), out, ds, "propagated")
     t0 = time.time()
     result = score_run(io.read_output(spark, out, ds, "rings"), io.read_output(spark, out, ds, "ring_members"),
                        io.read_output(spark, out, ds, "score/edges"), signals, tables["labels"],

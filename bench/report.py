@@ -326,6 +326,10 @@ def plot_quality(records: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{100 * rate:.3f}%"
+
+
 def render_quality(records: list[dict]) -> list[str]:
     if not records:
         return []
@@ -345,9 +349,11 @@ def render_quality(records: list[dict]) -> list[str]:
         base = {m: q.get("f1_overall") for m, q in r["methods"].items() if m != "ringfence" and q.get("f1_overall") is not None}
         best = max(base, key=base.get) if base else None
         margin = ours - base[best] if ours is not None and best else None
-        summary.append([r.get("label") or r["world"], _n(ours, 3), f"{METHOD_NAMES[best]}: {base[best]:.3f}" if best else "-",
+        fp = {m: q.get("fp_rate") for m, q in r["methods"].items()}
+        summary.append([r.get("label") or r["world"], _n(ours, 3), _pct(fp.get("ringfence")),
+                        f"{METHOD_NAMES[best]}: {base[best]:.3f} at {_pct(fp.get(best))} FP" if best else "-",
                         f"{margin:+.3f}" if margin is not None else "-"])
-    L += _table(["world", "ringfence F1", "best baseline F1", "margin"], summary)
+    L += _table(["world", "ringfence F1", "ringfence FP rate", "best baseline F1", "margin"], summary)
     L.append("")
     for r in records:
         L += [f"### {r.get('label') or r['world']}", "", f"World `{r['world']}`, ds {r['ds']}, run {r['at'][:16]}Z: "
@@ -360,7 +366,7 @@ def render_quality(records: list[dict]) -> list[str]:
             fps = ", ".join(f"{k} {v}" for k, v in sorted((q.get("fp_by_confounder") or {}).items())) or "none"
             rows.append([name, _n(q.get("f1_mule"), 3), _n(q.get("f1_card_testing"), 3), _n(q.get("f1_overall"), 3),
                          _n(q.get("precision"), 3), _n(q.get("recall"), 3), _n(q.get("ring_detection"), 3),
-                         f"{100 * (q.get('fp_rate') or 0):.3f}%", _n(q.get("device_recall"), 3),
+                         _pct(q.get("fp_rate")), _n(q.get("device_recall"), 3),
                          _n(q.get("card_recall"), 3), fps])
         L += _table(["method", "F1 mule", "F1 card testing", "F1 overall", "precision", "recall",
                      "ring detection", "FP rate", "device recall", "card recall", "listed confounders"], rows)
