@@ -28,6 +28,11 @@ def spark_conf():
             "spark.sql.adaptive.enabled": "false",
             "spark.default.parallelism": "2",
             "spark.sql.session.timeZone": "UTC",
+            # Every hash aggregate and sorter of a task grabs a page up front (~32 MB at this heap); a
+            # deep plan of joins and aggregates on two concurrent tasks then exhausted execution memory
+            # (UNABLE_TO_ACQUIRE_MEMORY in test_ip_footprint_matches_reference, CI of 2026-11-30).
+            # Tiny test data needs small pages.
+            "spark.buffer.pageSize": "2m",
         },
         log_level="ERROR",
     )
