@@ -79,8 +79,8 @@ on within ``scoring.signals.pass_through_hours``), read from
 the only candidate links that carry flow). Pooled pass-through and fan-in/out
 miss it when each member forwards only a few transfers; a family, a card
 testing ring or a household sharing a device has none. The score uses
-``money_flow_evidence``, the share measured against the night's other rings
-(``money_flow_evidence``): where ordinary customers pass money on within
+``money_flow_evidence``, the share ranked against the night's other rings
+(``money_flow_features``): where ordinary customers pass money on within
 hours too (AMLSim's simulated bank), every ring built from money links has a
 share of 1 and the share alone would list every one of them; there the
 evidence falls towards 0 and only labels, behaviour and propagated risk count.
@@ -561,9 +561,7 @@ def ring_features(
                  F.when(is_fraud, c(LABELED_AT))).alias(LATEST_FRAUD_LABEL),
     )
 
-    # Ring accounts on a mule-like transfer link of the candidate graph (the only links that carry flow).
-    money_flow = (ring_members.where((c(ENTITY_TYPE) == "account") & (F.abs(c(NET_FLOW)) > 0))
-                  .groupBy(RING_ID).agg(F.count_distinct(MEMBER_VERTEX).alias(MONEY_FLOW_ACCOUNTS)))
+    money_flow = money_flow_features(rings, ring_members, sc.ring.money_flow_prior)
 
     shared = infrastructure.where(c(VIA_TYPE).isin(*SHARED_TYPES) & (c(RING_ACCOUNTS) >= 2))
     shared_counts = shared.groupBy(RING_ID).agg(
@@ -575,7 +573,7 @@ def ring_features(
 
     zero_if_null = [POOL_ATTEMPTS, POOL_DECLINED, POOL_CARDS, ATTEMPTING_ACCOUNTS, POOL_INFLOWS,
                     PASS_ACCOUNTS, BOT_ACCOUNTS, N_FRAUD_LABELS, N_LEGIT_LABELS, N_MULE_LABELS,
-                    N_CT_LABELS, SHARED_ACCOUNTS, SHARED_DEVICES, SHARED_IPS, SHARED_CARDS, MONEY_FLOW_ACCOUNTS]
+                    N_CT_LABELS, SHARED_ACCOUNTS, SHARED_DEVICES, SHARED_IPS, SHARED_CARDS]
     base = (rings.select(RING_ID, c(SIZE).cast("bigint").alias(SIZE), c(N_ACCOUNTS).cast("bigint").alias(N_ACCOUNTS),
                          c(N_EDGES).cast("bigint").alias(N_EDGES),
                          F.coalesce(c(DENSITY).cast("double"), F.lit(0.0)).alias(DENSITY))
@@ -587,7 +585,6 @@ def ring_features(
         POOL_TINY_SHARE: _ratio(c(POOL_TINY), c(POOL_ATTEMPTS)),
         CARDS_PER_ACCOUNT: _ratio(c(POOL_CARDS), c(ATTEMPTING_ACCOUNTS)),
         SHARED_SHARE: F.coalesce(_ratio(c(SHARED_ACCOUNTS), c(N_ACCOUNTS)), F.lit(0.0)),
-        MONEY_FLOW_SHARE: F.least(F.coalesce(_ratio(c(MONEY_FLOW_ACCOUNTS), c(N_ACCOUNTS)), F.lit(0.0)), F.lit(1.0)),
         MEAN_PROPAGATED: F.coalesce(c(MEAN_PROPAGATED), F.lit(0.0)),
         MEAN_BOT: F.coalesce(c(MEAN_BOT), F.lit(0.0)),
     })
@@ -605,25 +602,36 @@ def ring_features(
             .withColumns({CT_EVIDENCE: _evidence(w, CT_FEATURES), MULE_EVIDENCE: _evidence(w, MULE_FEATURES),
                           BOT_EVIDENCE: c(MEAN_BOT)})
             # Ring bot evidence is the members' mean, so per-feature bot columns would only mislead.
-            .drop(POOL_TINY, MEAN_NEW, *[f for f, _ in BOT_FEATURES])
-            .transform(lambda df: money_flow_evidence(df, cfg.scoring.ring.money_flow_prior)))
+            .drop(POOL_TINY, MEAN_NEW, *[f for f, _ in BOT_FEATURES]))
 
 
-def money_flow_evidence(features: DataFrame, prior_accounts: float) -> DataFrame:
-    """Add ``money_flow_evidence``: how rare the ring's money-flow share is tonight.
+def money_flow_features(rings: DataFrame, ring_members: DataFrame, prior_accounts: float) -> DataFrame:
+    """Per ring: ``money_flow_accounts``, ``money_flow_share`` and ``money_flow_evidence``.
 
-    ``(accounts in rings with a smaller share + prior) / (accounts in rings +
-    prior)`` for a ring with some money flow, 0 without (shares ranked in bins
-    of 1 / ``MONEY_FLOW_BINS``; ``prior`` = ``scoring.ring.money_flow_prior``
-    pseudo-accounts in rings without money flow). Where ordinary customers
-    pass money on too, every ring the candidate graph forms from money links
-    has a share near 1 and the evidence falls towards 0; on a night where
-    money flow sets a few rings apart it stays near 1. One aggregation to at
+    The accounts are the ring accounts on a mule-like transfer link of the
+    candidate graph (``net_flow != 0``: the only links that carry flow), the
+    share is those over ``n_accounts``, and the evidence is how rare that
+    share is tonight: ``(accounts in rings with a smaller share + prior) /
+    (accounts in rings + prior)`` for a ring with some money flow, 0 without
+    (shares ranked in bins of 1 / ``MONEY_FLOW_BINS``; ``prior`` =
+    ``scoring.ring.money_flow_prior`` pseudo-accounts in rings without money
+    flow). Where ordinary customers pass money on too, every ring the
+    candidate graph forms from money links has a share near 1 and the
+    evidence falls towards 0; on a night where money flow sets a few rings
+    apart it stays near 1. Built from ``rings`` and ``ring_members`` alone, so
+    the ranking does not recompute the pooled signals: one aggregation to at
     most ``MONEY_FLOW_BINS + 1`` rows, ranked in one partition and broadcast.
     """
     c = F.col
+    flowing = (ring_members.where((c(ENTITY_TYPE) == "account") & (F.abs(c(NET_FLOW)) > 0))
+               .groupBy(RING_ID).agg(F.count_distinct(MEMBER_VERTEX).alias(MONEY_FLOW_ACCOUNTS)))
+    shares = (rings.select(RING_ID, c(N_ACCOUNTS).cast("bigint").alias(N_ACCOUNTS))
+              .join(flowing, RING_ID, "left")
+              .withColumn(MONEY_FLOW_ACCOUNTS, F.coalesce(c(MONEY_FLOW_ACCOUNTS), F.lit(0)).cast("bigint"))
+              .withColumn(MONEY_FLOW_SHARE, F.least(F.coalesce(_ratio(c(MONEY_FLOW_ACCOUNTS), c(N_ACCOUNTS)),
+                                                               F.lit(0.0)), F.lit(1.0))))
     b, n, below, total = "_mf_bin", "_mf_n", "_mf_below", "_mf_total"
-    binned = features.withColumn(b, F.floor(c(MONEY_FLOW_SHARE) * MONEY_FLOW_BINS).cast("int"))
+    binned = shares.withColumn(b, F.floor(c(MONEY_FLOW_SHARE) * MONEY_FLOW_BINS).cast("int"))
     rank = Window.orderBy(b)
     hist = (binned.groupBy(b).agg(F.sum(N_ACCOUNTS).cast("double").alias(n))
             .withColumn(below, F.coalesce(F.sum(n).over(rank.rowsBetween(Window.unboundedPreceding, -1)),
@@ -635,7 +643,7 @@ def money_flow_evidence(features: DataFrame, prior_accounts: float) -> DataFrame
     return (binned.join(F.broadcast(hist), b, "left")
             .withColumn(MONEY_FLOW_EVIDENCE, F.when(c(MONEY_FLOW_SHARE) > 0, (c(below) + prior) / (c(total) + prior))
                         .otherwise(F.lit(0.0)))
-            .drop(b, below, total))
+            .drop(N_ACCOUNTS, b, below, total))
 
 
 def _ring_reasons(cfg: RingfenceConfig) -> Column:
