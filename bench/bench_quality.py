@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             info = run_rules(spark, cfg, ds, work, g, signals)
         else:
             info = run_networkx(spark, cfg, ds, work, tables, g, hubs)
-        report = evaluate(spark, str(Path(args.world) / "truth"), str(work / method), ds)
+        report = evaluate(spark, str(Path(args.world) / "truth"), str(work / method), ds, lookback)
         results[method] = {"seconds": round(time.time() - t0, 1), **info, **_summary(report)}
         print(f"== {method} ({results[method]['seconds']} s)\n{format_report(report)}", flush=True)
     record = {"label": args.label, "world": args.world, "ds": str(ds), "at": dt.datetime.now(dt.UTC).isoformat(),

@@ -89,7 +89,8 @@ def cmd_evaluate(args) -> int:
 
     cfg = _load_cfg(args)
     spark = _session(cfg, f"ringfence-evaluate-{args.ds}")
-    report = evaluate(spark, truth_root=args.truth, output_root=args.output, ds=args.ds)
+    report = evaluate(spark, truth_root=args.truth, output_root=args.output, ds=args.ds,
+                      lookback_days=args.lookback_days or cfg.pipeline.lookback_days)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))
@@ -182,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", required=True, help="the run's output root")
     e.add_argument("--ds", type=_date, required=True)
     e.add_argument("--json", help="also write the report as JSON here")
+    e.add_argument("--lookback-days", type=int, help="the run's window (default: pipeline.lookback_days)")
     conf_arg(e)
     e.set_defaults(func=cmd_evaluate)
 

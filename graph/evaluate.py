@@ -15,6 +15,16 @@ Definitions (all on distinct entities; only aggregated counts reach the driver):
   accounts in no truth ring (the world's ``accounts/`` table beside ``truth/``).
 - False positives per confounder kind: listed entities in no truth ring that
   the world planted as benign look-alikes (``truth/confounders``; may be absent).
+- Recall by activity: a truth ring's member need not have done anything in the
+  window (a fan-in ring skips some of its mules in an episode; a recruit may
+  not have been used yet). Per ring type, truth accounts are split by the
+  events of their kind in the window in the world's input tables — transfers
+  sent or received for ``mule``, payment attempts for ``card_testing`` — into
+  0, 1 and 2+ (``ACTIVE_MIN_EVENTS``), with the recall of each part. ``acting``
+  is precision/recall/F1 with the truth restricted to the 2+ part and the
+  listed accounts of the other parts left out of both sides: what listing can
+  reach from what the members did. It explains a recall; it does not replace
+  the headline metrics above.
 """
 
 from __future__ import annotations
@@ -30,6 +40,10 @@ from graph import io
 from graph.schema import RING_TYPES
 
 RING_DETECTED_FRACTION = 0.5
+ACTIVE_MIN_EVENTS = 2
+# The events that make a member of a ring type active: (input table, account columns).
+ACTIVITY_EVENTS = {"mule": ("transfers", ("src_account_id", "dst_account_id")),
+                   "card_testing": ("payments", ("account_id",))}
 
 
 def _prf(tp: int, n_pred: int, n_true: int) -> dict[str, float | int]:
@@ -50,7 +64,48 @@ def _recall(listed: DataFrame, truth: DataFrame) -> dict[str, float | int]:
     return {"truth": n, "listed": hit, "recall": round(hit / n, 4) if n else None}
 
 
-def evaluate(spark: SparkSession, truth_root: str, output_root: str, ds: dt.date) -> dict[str, Any]:
+def _activity(spark: SparkSession, world_root: str, ring_type: str, ds: dt.date,
+              lookback_days: int) -> DataFrame | None:
+    """(entity_type, entity_id, n) events of the ring type's kind per account in the window."""
+    table, columns = ACTIVITY_EVENTS[ring_type]
+    path = f"{world_root}/{table}"
+    if not io.exists(spark, path):
+        return None
+    start = dt.datetime.combine(ds - dt.timedelta(days=lookback_days - 1), dt.time(0), tzinfo=dt.UTC)
+    end = dt.datetime.combine(ds + dt.timedelta(days=1), dt.time(0), tzinfo=dt.UTC)
+    t = F.unix_micros(F.col("event_time"))
+    events = spark.read.parquet(path).where(
+        (t >= F.lit(int(start.timestamp()) * 1_000_000)) & (t < F.lit(int(end.timestamp()) * 1_000_000)))
+    ids = F.array_distinct(F.array(*[F.col(c) for c in columns]))  # a self-transfer counts once
+    return (events.select(F.explode(ids).alias("entity_id")).where(F.col("entity_id").isNotNull())
+            .groupBy("entity_id").agg(F.count("*").alias("n"))
+            .select(F.lit("account").alias("entity_type"), "entity_id", "n"))
+
+
+def _by_activity(truth_t: DataFrame, listed_t: DataFrame, activity: DataFrame) -> dict[str, Any]:
+    """Recall of truth accounts by their activity in the window, and P/R/F1 on the acting ones."""
+    keys = ["entity_type", "entity_id"]
+    n = F.coalesce(F.col("n"), F.lit(0))
+    bucket = (F.when(n >= ACTIVE_MIN_EVENTS, F.lit(f"{ACTIVE_MIN_EVENTS}+"))
+              .otherwise(n.cast("string")))
+    rows = (truth_t.join(activity, keys, "left")
+            .join(listed_t.withColumn("hit", F.lit(1)), keys, "left")
+            .groupBy(bucket.alias("b"))
+            .agg(F.count("*").alias("truth"), F.sum(F.coalesce("hit", F.lit(0))).alias("listed"))
+            .collect())  # at most ACTIVE_MIN_EVENTS + 1 rows
+    parts = {str(r["b"]): {"truth": int(r["truth"]), "listed": int(r["listed"]),
+                           "recall": round(int(r["listed"]) / int(r["truth"]), 4)} for r in rows}
+    order = [str(i) for i in range(ACTIVE_MIN_EVENTS)] + [f"{ACTIVE_MIN_EVENTS}+"]
+    parts = {b: parts.get(b, {"truth": 0, "listed": 0, "recall": None}) for b in order}
+    acting = parts[f"{ACTIVE_MIN_EVENTS}+"]
+    dormant_hits = sum(parts[b]["listed"] for b in order[:-1])
+    acting_prf = _prf(acting["listed"], _count(listed_t) - dormant_hits, acting["truth"])
+    return {"min_events": ACTIVE_MIN_EVENTS, "recall_by_events": parts, "acting": acting_prf}
+
+
+def evaluate(spark: SparkSession, truth_root: str, output_root: str, ds: dt.date,
+             lookback_days: int = 30) -> dict[str, Any]:
+    """The report (see the module docstring); ``lookback_days`` is the run's window."""
     truth_root = str(truth_root).rstrip("/")
     world_root = str(Path(truth_root).parent)
     rings = spark.read.parquet(f"{truth_root}/rings").select(
@@ -80,6 +135,9 @@ def evaluate(spark: SparkSession, truth_root: str, output_root: str, ds: dt.date
                 risk, rings.where((F.col("ring_type") == t) & (F.col("entity_type") == et))
                 .select("entity_type", "entity_id").distinct())
         block["rings"] = _ring_detection(rings.where(F.col("ring_type") == t), listed_accounts)
+        activity = _activity(spark, world_root, t, ds, lookback_days)
+        if activity is not None:
+            block["activity"] = _by_activity(truth_t, listed_t, activity)
         report["by_ring_type"][t] = block
 
     all_truth_accounts = truth_accounts.select("entity_type", "entity_id").distinct()
@@ -150,6 +208,15 @@ def format_report(report: dict[str, Any]) -> str:
     o = report["overall"]
     lines += ["", f"false-positive rate among {o['legit_accounts']} legitimate accounts: "
               f"{o['false_positive_rate']:.4%} ({o['false_positive_accounts']} accounts)"]
+    for t, b in report["by_ring_type"].items():
+        act = b.get("activity")
+        if not act or not b["accounts"]["truth"]:
+            continue
+        kind = ACTIVITY_EVENTS[t][0]
+        parts = ", ".join(f"{k}: {v['listed']}/{v['truth']}" for k, v in act["recall_by_events"].items())
+        a = act["acting"]
+        lines.append(f"{t} recall by {kind} in the window ({parts}); among members with "
+                     f"{act['min_events']}+ {kind}: P {a['precision']:.3f} R {a['recall']:.3f} F1 {a['f1']:.3f}")
     kinds = report["false_positives_by_confounder"]
     lines.append("false positives per confounder kind: "
                  + (", ".join(f"{k}={v}" for k, v in sorted(kinds.items())) if kinds else "none"))

@@ -87,3 +87,41 @@ def test_evaluate_without_confounders_table(spark, world):
     shutil.rmtree(world / "world/truth/confounders")
     rep = evaluate(spark, str(world / "world/truth"), str(world / "out"), DS)
     assert rep["false_positives_by_confounder"] == {}
+
+
+@pytest.mark.spark
+def test_evaluate_recall_by_activity_in_the_window(spark, world):
+    day = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)
+    after = dt.datetime(2026, 11, 25, 0, tzinfo=dt.UTC)  # the end of ds: outside the window
+    before = dt.datetime(2026, 10, 25, 23, tzinfo=dt.UTC)  # ds - 30 days: outside a 30-day window
+    transfers = [("t1", "a0", "a1", day), ("t2", "a1", "a2", day), ("t3", "a1", "a2", day),
+                 ("t4", "a0", "a9", after), ("t5", "a3", "a3", day),  # a self-transfer counts once
+                 ("t6", "a5", "a9", day), ("t7", "a9", "a5", day)]
+    _write(world / "world/transfers",
+           [{"event_id": e, "src_account_id": s, "dst_account_id": d, "event_time": t, "amount": 1}
+            for e, s, d, t in transfers], INPUT_SCHEMAS["transfers"])
+    payments = [("p1", "a6", day), ("p2", "a6", day), ("p3", "a6", day), ("p4", "a7", day), ("p5", "a7", before)]
+    _write(world / "world/payments", [{"event_id": e, "account_id": a, "event_time": t, "amount": 1}
+                                      for e, a, t in payments], INPUT_SCHEMAS["payments"])
+
+    rep = evaluate(spark, str(world / "world/truth"), str(world / "out"), DS, lookback_days=30)
+    mule = rep["by_ring_type"]["mule"]["activity"]
+    # transfers in the window: a0 1, a1 3, a2 2, a3 1, a4 0, a5 2; listed as mule: a0 a1 a2 (+ a10, legit)
+    assert mule["recall_by_events"] == {"0": {"truth": 1, "listed": 0, "recall": 0.0},
+                                        "1": {"truth": 2, "listed": 1, "recall": 0.5},
+                                        "2+": {"truth": 3, "listed": 2, "recall": round(2 / 3, 4)}}
+    # acting: a0 (listed, 1 transfer) leaves both sides -> 2 of 3 listed, 2 of 3 acting truth
+    assert mule["acting"] == {"tp": 2, "listed": 3, "truth": 3, "precision": round(2 / 3, 4),
+                              "recall": round(2 / 3, 4), "f1": round(2 / 3, 4)}
+    ct = rep["by_ring_type"]["card_testing"]["activity"]
+    # payment attempts in the window: a6 3, a7 1 (its other attempt is before the window)
+    assert ct["recall_by_events"] == {"0": {"truth": 0, "listed": 0, "recall": None},
+                                      "1": {"truth": 1, "listed": 1, "recall": 1.0},
+                                      "2+": {"truth": 1, "listed": 1, "recall": 1.0}}
+    # listed as card testing: a4 (a mule), a6, a7 (1 attempt: left out) -> P 1/2, R 1/1
+    assert ct["acting"]["precision"] == 0.5 and ct["acting"]["recall"] == 1.0
+    assert "mule recall by transfers in the window (0: 0/1, 1: 1/2, 2+: 2/3)" in format_report(rep)
+
+    # A shorter window drops the day-20 events: every member is dormant.
+    short = evaluate(spark, str(world / "world/truth"), str(world / "out"), DS, lookback_days=2)
+    assert short["by_ring_type"]["mule"]["activity"]["recall_by_events"]["0"]["truth"] == 6
