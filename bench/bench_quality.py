@@ -293,7 +293,19 @@ def _summary(report: dict) -> dict:
         "recall": o["accounts"]["recall"], "ring_detection": o["rings"]["detection_rate"],
         "fp_rate": o["false_positive_rate"], "device_recall": o["devices"]["recall"],
         "card_recall": o["cards"]["recall"], "fp_by_confounder": report["false_positives_by_confounder"],
+        **_mule_activity(by["mule"].get("activity")),
     }
+
+
+def _mule_activity(act: dict | None) -> dict:
+    """Truth mules that moved money fewer than ``min_events`` times in the window, and F1 without them."""
+    if not act:
+        return {}
+    parts = act["recall_by_events"]
+    active = f"{act['min_events']}+"
+    truth = sum(p["truth"] for p in parts.values())
+    return {"mule_dormant": truth - parts[active]["truth"], "mule_truth": truth,
+            "f1_mule_acting": act["acting"]["f1"]}
 
 
 def main(argv: list[str] | None = None) -> int:
