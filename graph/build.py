@@ -238,20 +238,29 @@ def _edges(events: DataFrame) -> DataFrame:
 
 
 def _entity_activity(events: DataFrame) -> DataFrame:
-    """Per entity seen in the window: first/last seen and event counts."""
-    def ent(entity_type: str, col: str) -> Column:
-        return F.struct(F.lit(entity_type).alias(ENTITY_TYPE), F.col(col).alias(ENTITY_ID))
+    """Per entity seen in the window: first/last seen and event counts.
 
-    # array_distinct: a self-transfer names its account once, not twice.
-    entities = F.array_distinct(F.array(
-        ent(ACCOUNT, _ACCOUNT), ent(ACCOUNT, _COUNTERPARTY), ent(DEVICE, _DEVICE),
-        ent(IP, _IP), ent(CARD, _CARD), ent(MERCHANT, _MERCHANT),
-    ))
-    return (
+    Two hash aggregates instead of one sort aggregate: ``max`` of a string (the
+    card BIN) has no fixed-width buffer, so aggregating it with the counts made
+    Spark sort every exploded event row by (entity_type, entity_id). The first
+    aggregate keys card rows by their BIN as well (other rows by null); the
+    second folds the few rows per entity left, picking the largest BIN.
+    """
+    def ent(entity_type: str, col: Column) -> Column:
+        return F.struct(F.lit(entity_type).alias(ENTITY_TYPE), col.alias(ENTITY_ID))
+
+    # A self-transfer names its account once, not twice.
+    counterparty = F.when(~F.col(_COUNTERPARTY).eqNullSafe(F.col(_ACCOUNT)), F.col(_COUNTERPARTY))
+    entities = F.array(
+        ent(ACCOUNT, F.col(_ACCOUNT)), ent(ACCOUNT, counterparty), ent(DEVICE, F.col(_DEVICE)),
+        ent(IP, F.col(_IP)), ent(CARD, F.col(_CARD)), ent(MERCHANT, F.col(_MERCHANT)),
+    )
+    per_bin = (
         events.select(F.explode(entities).alias("_v"), _SOURCE, _TIME, _DECLINED, _BIN)
         .select("_v.*", _SOURCE, _TIME, _DECLINED, _BIN)
         .where(F.col(ENTITY_ID).isNotNull())
-        .groupBy(ENTITY_TYPE, ENTITY_ID)
+        # Only card entities carry a BIN.
+        .groupBy(ENTITY_TYPE, ENTITY_ID, F.when(F.col(ENTITY_TYPE) == CARD, F.col(_BIN)).alias(_BIN))
         .agg(
             F.min(_TIME).alias(FIRST_SEEN),
             F.max(_TIME).alias(LAST_SEEN),
@@ -259,9 +268,14 @@ def _entity_activity(events: DataFrame) -> DataFrame:
             F.count(F.when(F.col(_SOURCE) == "payments", True)).alias(N_PAYMENTS),
             F.count(F.when(F.col(_SOURCE) == "transfers", True)).alias(N_TRANSFERS),
             F.count(F.when(F.col(_DECLINED), True)).alias(N_DECLINED),
-            # Only card entities carry a BIN; max() picks one deterministically.
-            F.max(F.when(F.col(ENTITY_TYPE) == CARD, F.col(_BIN))).alias(CARD_BIN),
         )
+    )
+    return per_bin.groupBy(ENTITY_TYPE, ENTITY_ID).agg(
+        F.min(FIRST_SEEN).alias(FIRST_SEEN),
+        F.max(LAST_SEEN).alias(LAST_SEEN),
+        *[F.sum(c).alias(c) for c in (N_EVENTS, N_PAYMENTS, N_TRANSFERS, N_DECLINED)],
+        # max() picks one BIN deterministically.
+        F.max(_BIN).alias(CARD_BIN),
     )
 
 
