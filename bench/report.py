@@ -372,7 +372,7 @@ def render_quality(records: list[dict]) -> list[str]:
                      "ring detection", "FP rate", "device recall", "card recall", "listed confounders"], rows)
         ours = r["methods"].get("ringfence") or {}
         if ours.get("mule_truth"):
-            L += ["", f"{ours['mule_dormant']:,} of {ours['mule_truth']:,} truth mules sent or received fewer than "
+            L += [f"{ours['mule_dormant']:,} of {ours['mule_truth']:,} truth mules sent or received fewer than "
                   f"2 transfers in the window; ringfence's mule F1 among the others (`ringfence evaluate`, "
                   f"'acting'): {ours['f1_mule_acting']:.3f}."]
         L.append("")
