@@ -38,6 +38,7 @@ from pyspark.sql import functions as F
 
 from graph import io
 from graph.schema import RING_TYPES
+from graph.validate import window_bounds
 
 RING_DETECTED_FRACTION = 0.5
 ACTIVE_MIN_EVENTS = 2
@@ -71,19 +72,20 @@ def _activity(spark: SparkSession, world_root: str, ring_type: str, ds: dt.date,
     path = f"{world_root}/{table}"
     if not io.exists(spark, path):
         return None
-    start = dt.datetime.combine(ds - dt.timedelta(days=lookback_days - 1), dt.time(0), tzinfo=dt.UTC)
-    end = dt.datetime.combine(ds + dt.timedelta(days=1), dt.time(0), tzinfo=dt.UTC)
-    t = F.unix_micros(F.col("event_time"))
-    events = spark.read.parquet(path).where(
-        (t >= F.lit(int(start.timestamp()) * 1_000_000)) & (t < F.lit(int(end.timestamp()) * 1_000_000)))
+    lo, hi = window_bounds(ds - dt.timedelta(days=lookback_days - 1), ds)
+    t = F.col("event_time")
+    events = spark.read.parquet(path).where((t >= F.lit(lo)) & (t < F.lit(hi)))
     ids = F.array_distinct(F.array(*[F.col(c) for c in columns]))  # a self-transfer counts once
     return (events.select(F.explode(ids).alias("entity_id")).where(F.col("entity_id").isNotNull())
             .groupBy("entity_id").agg(F.count("*").alias("n"))
             .select(F.lit("account").alias("entity_type"), "entity_id", "n"))
 
 
-def _by_activity(truth_t: DataFrame, listed_t: DataFrame, activity: DataFrame) -> dict[str, Any]:
-    """Recall of truth accounts by their activity in the window, and P/R/F1 on the acting ones."""
+def _by_activity(truth_t: DataFrame, listed_t: DataFrame, n_listed: int, activity: DataFrame) -> dict[str, Any]:
+    """Recall of truth accounts by their activity in the window, and P/R/F1 on the acting ones.
+
+    ``n_listed``: the accounts of ``listed_t`` (counted once by the caller).
+    """
     keys = ["entity_type", "entity_id"]
     n = F.coalesce(F.col("n"), F.lit(0))
     bucket = (F.when(n >= ACTIVE_MIN_EVENTS, F.lit(f"{ACTIVE_MIN_EVENTS}+"))
@@ -99,7 +101,7 @@ def _by_activity(truth_t: DataFrame, listed_t: DataFrame, activity: DataFrame) -
     parts = {b: parts.get(b, {"truth": 0, "listed": 0, "recall": None}) for b in order}
     acting = parts[f"{ACTIVE_MIN_EVENTS}+"]
     dormant_hits = sum(parts[b]["listed"] for b in order[:-1])
-    acting_prf = _prf(acting["listed"], _count(listed_t) - dormant_hits, acting["truth"])
+    acting_prf = _prf(acting["listed"], n_listed - dormant_hits, acting["truth"])
     return {"min_events": ACTIVE_MIN_EVENTS, "recall_by_events": parts, "acting": acting_prf}
 
 
@@ -137,7 +139,7 @@ def evaluate(spark: SparkSession, truth_root: str, output_root: str, ds: dt.date
         block["rings"] = _ring_detection(rings.where(F.col("ring_type") == t), listed_accounts)
         activity = _activity(spark, world_root, t, ds, lookback_days)
         if activity is not None:
-            block["activity"] = _by_activity(truth_t, listed_t, activity)
+            block["activity"] = _by_activity(truth_t, listed_t, block["accounts"]["listed"], activity)
         report["by_ring_type"][t] = block
 
     all_truth_accounts = truth_accounts.select("entity_type", "entity_id").distinct()

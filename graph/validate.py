@@ -272,7 +272,7 @@ def _read_table(spark: SparkSession, path: str, table: str, ds: dt.date, lookbac
     return df.where(_within_window_or_unknown(df, start, ds))
 
 
-def _window_bounds(start: dt.date, ds: dt.date) -> tuple[dt.datetime, dt.datetime]:
+def window_bounds(start: dt.date, ds: dt.date) -> tuple[dt.datetime, dt.datetime]:
     lo = dt.datetime.combine(start, dt.time(0), tzinfo=dt.UTC)
     hi = dt.datetime.combine(ds + dt.timedelta(days=1), dt.time(0), tzinfo=dt.UTC)
     return lo, hi
@@ -285,7 +285,7 @@ def _within_window_or_unknown(df: DataFrame, start: dt.date, ds: dt.date) -> Col
     if conv is None:
         return F.lit(True)
     ts = conv[0]
-    lo, hi = _window_bounds(start, ds)
+    lo, hi = window_bounds(start, ds)
     return ts.isNull() | ((ts >= F.lit(lo)) & (ts < F.lit(hi)))
 
 
@@ -398,7 +398,7 @@ def _row_reasons(table: str, df: DataFrame, cfg: RingfenceConfig, start: dt.date
     if "currency" in cols:
         out.append(_reason(~F.col("currency").isin(*cfg.validation.currencies), "unknown_currency"))
     if table in EVENT_TABLES:
-        lo, hi = _window_bounds(start, ds)
+        lo, hi = window_bounds(start, ds)
         t = F.col("event_time")
         out.append(_reason((t < F.lit(lo)) | (t >= F.lit(hi)), "out_of_window:event_time"))
     if "ip" in cols:
