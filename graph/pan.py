@@ -16,7 +16,7 @@ strings, see the domain notes):
    (:data:`BRANDS`). Numeric identifiers that happen to satisfy all three
    still trip the check: such ids must be tokenised upstream anyway.
 
-The Spark version (:func:`contains_pan`) is a plain Column expression --
+The Spark version (:func:`contains_pan`) is a plain SQL expression --
 ``regexp_extract_all`` plus higher-order ``exists``/``aggregate`` -- so it
 runs distributed with no Python UDF. Nothing here ever returns or logs the
 matched digits; callers only get booleans and counts.
@@ -130,44 +130,52 @@ def contains_pan_py(value: str | None) -> bool:
 # --- Spark ------------------------------------------------------------------------
 
 
-def luhn_valid_col(digits: Column) -> Column:
-    """Luhn checksum of a digit-string column, with higher-order functions (no UDF)."""
-    rev = F.reverse(digits)
-    n = F.length(rev)
-
-    def add(acc: Column, i: Column) -> Column:
-        d = F.substr(rev, i + 1, F.lit(1)).cast("int")
-        doubled = F.when(d * 2 > 9, d * 2 - 9).otherwise(d * 2)
-        return acc + F.when(i % 2 == 1, doubled).otherwise(d)
-
-    total = F.aggregate(F.sequence(F.lit(0), n - 1), F.lit(0), add)
-    return total % 10 == 0
+# The Spark check is SQL text parsed once per column: built from Column objects it
+# took ~0.4 s of Py4J calls per column (22 brands x isin/between), ~12 s per run.
+# Digit positions count from the right, from 1; even positions are doubled
+# (element i of _LUHN_DOUBLED is the Luhn value of digit i doubled).
+_LUHN_DOUBLED = "array(0, 2, 4, 6, 8, 1, 3, 5, 7, 9)"
+_LUHN_SQL = (
+    "aggregate(sequence(1, length(d)), 0, (acc, i) -> acc + CASE WHEN i % 2 = 0"
+    f" THEN element_at({_LUHN_DOUBLED}, cast(substr(d, length(d) - i + 1, 1) AS INT) + 1)"
+    " ELSE cast(substr(d, length(d) - i + 1, 1) AS INT) END) % 10 = 0"
+)
 
 
-def brand_known_col(digits: Column) -> Column:
-    """True when the digit-string column has a known brand prefix and length."""
-    n = F.length(digits)
+def _brands_sql() -> str:
     # Every prefix range is compared on the first four digits (one cast per value):
     # a 2-digit range 51..55 is 5100..5599 in four-digit terms.
-    p4 = F.substring(digits, 1, 4).cast("int")
-    cond = F.lit(False)
+    rows = []
     for b in BRANDS:
         scale = 10 ** (4 - b.digits)
-        cond = cond | (n.isin(*b.lengths) & p4.between(b.low * scale, (b.high + 1) * scale - 1))
-    return cond
+        lengths = ", ".join(map(str, b.lengths))
+        rows.append(f"named_struct('lo', {b.low * scale}, 'hi', {(b.high + 1) * scale - 1},"
+                    f" 'n', array({lengths}))")
+    return (f"exists(array({', '.join(rows)}), b -> array_contains(b.n, length(d))"
+            " AND cast(substr(d, 1, 4) AS INT) BETWEEN b.lo AND b.hi)")
 
 
-def contains_pan(value: Column) -> Column:
-    """Boolean column: ``value`` (a string column) holds a PAN anywhere. Never null."""
-    candidates = F.regexp_extract_all(value, F.lit(PAN_CANDIDATE_PATTERN), 0)
+_IS_PAN_SQL = f"({_LUHN_SQL}) AND {_brands_sql()}"
 
-    def is_pan(m: Column) -> Column:
-        digits = F.regexp_replace(m, _SEPARATORS, "")
-        return luhn_valid_col(digits) & brand_known_col(digits)
 
-    # CASE WHEN evaluates the extraction, Luhn and brand checks only for values that can hold a PAN.
-    return F.when(may_hold_pan(value),
-                  F.coalesce(F.exists(candidates, is_pan), F.lit(False))).otherwise(F.lit(False))
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def contains_pan(column: str) -> Column:
+    """Boolean column: string column ``column`` (a name) holds a PAN anywhere. Never null.
+
+    Candidates are extracted with :data:`PAN_CANDIDATE_PATTERN`, stripped of
+    separators, then tested with Luhn and the brand table, with higher-order
+    functions (no Python UDF). CASE WHEN runs all of that only for values
+    that can hold a PAN (:func:`may_hold_pan`).
+    """
+    v = _quote(column)
+    candidates = f"regexp_extract_all({v}, r'{PAN_CANDIDATE_PATTERN}', 0)"
+    digits = f"transform({candidates}, m -> regexp_replace(m, '{_SEPARATORS}', ''))"
+    return F.when(may_hold_pan(F.col(v)),
+                  F.coalesce(F.expr(f"exists({digits}, d -> {_IS_PAN_SQL})"), F.lit(False))
+                  ).otherwise(F.lit(False))
 
 
 def may_hold_pan(value: Column) -> Column:
@@ -178,5 +186,7 @@ def may_hold_pan(value: Column) -> Column:
     Luhn/brand functions of ``contains_pan`` run interpreted and cost 20-30 us
     per payment row when applied to every row.
     """
-    digits = F.length(value) - F.length(F.translate(value, "0123456789", ""))
-    return F.coalesce(digits >= MIN_PAN_DIGITS, F.lit(False))
+    n = F.length(value)
+    digits = n - F.length(F.translate(value, "0123456789", ""))
+    # Most identifiers are shorter than 13 characters: their length settles it.
+    return F.coalesce(F.when(n >= MIN_PAN_DIGITS, digits >= MIN_PAN_DIGITS), F.lit(False))
