@@ -38,7 +38,7 @@ from pyspark.sql import functions as F
 
 from graph import io
 from graph.schema import RING_TYPES
-from graph.validate import window_bounds
+from graph.validate import events_in_window
 
 RING_DETECTED_FRACTION = 0.5
 ACTIVE_MIN_EVENTS = 2
@@ -72,9 +72,7 @@ def _activity(spark: SparkSession, world_root: str, ring_type: str, ds: dt.date,
     path = f"{world_root}/{table}"
     if not io.exists(spark, path):
         return None
-    lo, hi = window_bounds(ds - dt.timedelta(days=lookback_days - 1), ds)
-    t = F.col("event_time")
-    events = spark.read.parquet(path).where((t >= F.lit(lo)) & (t < F.lit(hi)))
+    events = events_in_window(spark.read.parquet(path), ds, lookback_days)
     ids = F.array_distinct(F.array(*[F.col(c) for c in columns]))  # a self-transfer counts once
     return (events.select(F.explode(ids).alias("entity_id")).where(F.col("entity_id").isNotNull())
             .groupBy("entity_id").agg(F.count("*").alias("n"))

@@ -81,6 +81,7 @@ from pyspark.sql import functions as F
 
 from graph.config import RingfenceConfig, SignalConf
 from graph.schema import INPUT_SCHEMAS, spark_ddl
+from graph.validate import events_in_window
 
 ENTITY_TYPE = "entity_type"
 ENTITY_ID = "entity_id"
@@ -199,12 +200,6 @@ def _by_entity(df: DataFrame, id_cols: dict[str, str], keep: list[str]) -> DataF
 def _ratio(num: Column, den: Column) -> Column:
     # try_divide: null instead of an ANSI divide-by-zero error.
     return F.try_divide(num.cast("double"), den.cast("double"))
-
-
-def _in_window(df: DataFrame, ds: dt.date, lookback_days: int) -> DataFrame:
-    start = dt.datetime.combine(ds - dt.timedelta(days=lookback_days - 1), dt.time(0), tzinfo=dt.UTC)
-    end = dt.datetime.combine(ds + dt.timedelta(days=1), dt.time(0), tzinfo=dt.UTC)
-    return df.where((F.col(EVENT_TIME) >= F.lit(start)) & (F.col(EVENT_TIME) < F.lit(end)))
 
 
 def _table(spark: SparkSession, tables: dict[str, DataFrame], name: str) -> DataFrame:
@@ -609,9 +604,9 @@ def entity_signals(
     plus ``signal_reasons``. Entities without events, transfers or sessions in the window are left out.
     """
     conf = cfg.scoring.signals
-    payments = _in_window(_table(spark, tables, "payments"), ds, lookback_days)
-    transfers = _in_window(_table(spark, tables, "transfers"), ds, lookback_days)
-    sessions = _in_window(_table(spark, tables, "sessions"), ds, lookback_days)
+    payments = events_in_window(_table(spark, tables, "payments"), ds, lookback_days)
+    transfers = events_in_window(_table(spark, tables, "transfers"), ds, lookback_days)
+    sessions = events_in_window(_table(spark, tables, "sessions"), ds, lookback_days)
     accounts = _table(spark, tables, "accounts")
 
     combined = combine_families(

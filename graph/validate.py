@@ -278,6 +278,13 @@ def window_bounds(start: dt.date, ds: dt.date) -> tuple[dt.datetime, dt.datetime
     return lo, hi
 
 
+def events_in_window(df: DataFrame, ds: dt.date, lookback_days: int) -> DataFrame:
+    """Rows of ``df`` whose ``event_time`` lies in the run's window (null times are dropped)."""
+    lo, hi = window_bounds(ds - dt.timedelta(days=lookback_days - 1), ds)
+    t = F.col("event_time")
+    return df.where((t >= F.lit(lo)) & (t < F.lit(hi)))
+
+
 def _within_window_or_unknown(df: DataFrame, start: dt.date, ds: dt.date) -> Column:
     if "event_time" not in df.columns:
         return F.lit(True)  # the schema check reports the missing column
