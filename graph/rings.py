@@ -11,7 +11,12 @@ at scale (``graph.components``); this module takes them as an
    parallel across executors. Components above ``rings.max_component_for_refinement``
    vertices use label propagation (linear time) instead; components above
    ``GIANT_FACTOR`` × that cap are not split at all and are reported as
-   ``unrefined`` (a sign the hub caps are too loose), never silently dropped;
+   ``unrefined`` (a sign the hub caps are too loose), never silently dropped.
+   Louvain cuts a layering chain (a - b - c - d - e - f, one money link
+   each) into pairs; a piece below ``rings.min_ring_size`` is merged into the
+   neighbouring community it has the most link weight to
+   (``_merge_fragments``), so a component splits only into rings, and only a
+   whole component below the minimum is left out;
 2. gives every community a ring id: a community that overlaps one of the
    previous night's rings with Jaccard ≥ ``rings.id_match_jaccard`` (mutual
    best match) keeps that ring's id and ``first_seen``; a new community gets
@@ -68,6 +73,8 @@ def _refine_component(pdf: pd.DataFrame, cap: int, min_size: int) -> pd.DataFram
     else:
         parts = [set(g.nodes)]
         method = "unrefined"
+    if method != "unrefined":
+        parts = _merge_fragments(g, parts, min_size)
     rows = []
     for part in parts:
         if len(part) < min_size:
@@ -80,6 +87,37 @@ def _refine_component(pdf: pd.DataFrame, cap: int, min_size: int) -> pd.DataFram
             rows.append((comp, key, v, _role(v, wdeg[v], top, flow.get(v, 0.0)), float(wdeg[v]),
                          float(flow.get(v, 0.0)), len(part), sub.number_of_edges(), method))
     return pd.DataFrame(rows, columns=[c.split()[0] for c in COMMUNITY_SCHEMA.split(", ")])
+
+
+def _merge_fragments(g: nx.Graph, parts: list[set], min_size: int) -> list[set]:
+    """Merge each community below ``min_size`` into the neighbour it has most link weight to.
+
+    Smallest piece first (ties: smallest vertex id); the neighbour with the
+    largest summed edge weight wins (ties: the one with the smallest vertex id),
+    so the result does not depend on the order Louvain returned. Repeats until
+    every piece reaches ``min_size`` or is the whole component.
+    """
+    pieces = {min(p): set(p) for p in parts}
+    owner = {v: k for k, p in pieces.items() for v in p}
+    alone: set[str] = set()  # pieces with no neighbour (not in a connected component; kept as they are)
+    while len(pieces) > 1:
+        small = [k for k, p in pieces.items() if len(p) < min_size and k not in alone]
+        if not small:
+            break
+        k = min(small, key=lambda k: (len(pieces[k]), k))
+        pull: dict[str, float] = {}
+        for v in pieces[k]:
+            for u, data in g[v].items():
+                if owner[u] != k:
+                    pull[owner[u]] = pull.get(owner[u], 0.0) + float(data["weight"])
+        if not pull:
+            alone.add(k)
+            continue
+        into = min(pull, key=lambda j: (-pull[j], j))
+        for v in pieces[k]:
+            owner[v] = into
+        pieces[into] |= pieces.pop(k)
+    return list(pieces.values())
 
 
 def _role(vertex: str, wdeg: float, top: float, net_flow: float) -> str:

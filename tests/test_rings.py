@@ -11,7 +11,7 @@ import itertools
 import networkx as nx
 import pytest
 
-from graph.rings import assign_ring_ids, discover_rings, refine_components, ring_tables
+from graph.rings import _merge_fragments, assign_ring_ids, discover_rings, refine_components, ring_tables
 
 pytestmark = pytest.mark.spark
 D1, D2 = dt.date(2026, 11, 23), dt.date(2026, 11, 24)
@@ -22,6 +22,12 @@ def _components(spark, edges):
     g.add_edges_from((s, d) for s, d, *_ in edges)
     rows = [(v, min(c)) for c in nx.connected_components(g) for v in c]
     return spark.createDataFrame(rows, "id string, component string")
+
+
+def _graph(edges):
+    g = nx.Graph()
+    g.add_weighted_edges_from((s, d, w) for s, d, w, _ in edges)
+    return g
 
 
 def _edges(spark, edges):
@@ -50,6 +56,33 @@ def test_groups_below_min_ring_size_are_not_rings(spark, config):
     edges = clique("p", 2) + clique("q", 4)
     got = refine_components(_components(spark, edges), _edges(spark, edges), config).collect()
     assert {r["id"] for r in got} == {f"account:q{i}" for i in range(4)}
+
+
+def test_a_layering_chain_is_kept_whole_or_in_pieces_of_ring_size(spark, config):
+    # Six accounts passing money down a line, one link each. Louvain may cut the path into
+    # pairs (it does for this graph in this order), and pairs are below rings.min_ring_size.
+    chain = [(f"account:m{i}", f"account:m{i + 1}", 3.7, 1000.0 - i) for i in range(5)]
+    assert min(map(len, nx.community.louvain_communities(
+        _graph(chain), weight="weight", seed=42))) < config.rings.min_ring_size
+    got = refine_components(_components(spark, chain), _edges(spark, chain), config).collect()
+    assert sorted(r["id"] for r in got) == [f"account:m{i}" for i in range(6)]
+    assert min(r["n_vertices"] for r in got) >= config.rings.min_ring_size
+
+
+def test_pieces_below_the_minimum_merge_into_their_most_tied_neighbour():
+    path = _graph([(f"m{i}", f"m{i + 1}", 1.0, 0.0) for i in range(5)])
+    pairs = [{"m0", "m1"}, {"m2", "m3"}, {"m4", "m5"}]
+    assert _merge_fragments(path, pairs, 3) == [{f"m{i}" for i in range(6)}]
+    # A pair tied to two 5-cliques, more strongly to x: it joins x; the cliques stay apart.
+    g = _graph(clique("x", 5, 3.0) + clique("y", 5, 3.0) + [
+        ("account:s0", "account:s1", 0.5, 0.0), ("account:s0", "account:x0", 0.4, 0.0),
+        ("account:s1", "account:y0", 0.2, 0.0), ("account:x1", "account:y1", 0.1, 0.0)])
+    x, y = ({f"account:{p}{i}" for i in range(5)} for p in "xy")
+    got = _merge_fragments(g, [y, {"account:s0", "account:s1"}, x], 3)
+    assert sorted(map(sorted, got)) == [sorted(x | {"account:s0", "account:s1"}), sorted(y)]
+    # Already large enough, or the whole component: nothing changes.
+    assert _merge_fragments(g, [x, y], 3) == [x, y]
+    assert _merge_fragments(_graph([("a", "b", 1.0, 0.0)]), [{"a", "b"}], 3) == [{"a", "b"}]
 
 
 def test_large_components_fall_back_and_giant_ones_stay_whole(spark, config):
