@@ -197,6 +197,8 @@ class EvidenceConf(_Section):
     gap_cv: Ramp = (0.1, 0.5)
     impossible_travel: Ramp = (0.0, 2.0)
     day_burst_ratio: Ramp = (3.0, 20.0)
+    # Ring members: the most ring accounts (itself included) on one device, IP or card it used.
+    ring_shared_accounts: Ramp = (4.0, 8.0)
 
 
 class EntityWeights(_Section):
@@ -219,6 +221,7 @@ class EntityWeights(_Section):
     bot_burst: float = Field(5.293, ge=0.0)
     ring_member: float = Field(9.395, ge=0.0)
     ring_link: float = Field(0.862, ge=0.0)
+    ring_shared: float = Field(0.0, ge=0.0)
     propagated: float = Field(2.888, ge=0.0)
     fraud_label: float = Field(2.582, ge=0.0)
     legit_label: float = Field(1.015, ge=0.0)

@@ -109,11 +109,19 @@ outsiders is small). With ``w = scoring.weights``::
     z = w.bias
       + card-testing points + mule points + bot points            (own behaviour)
       + w.ring_member x ring_score                                 (member)
+        + w.ring_shared x f_ring_shared x ring_score
       | w.ring_link x link_strength x ring_score                   (link)
       + w.propagated x propagated risk
       + w.fraud_label  if the latest usable label is fraud/mule/card_testing
       - w.legit_label  if it is legit
     score = sigmoid(z)
+
+``f_ring_shared = ramp(shared_ring_accounts, scoring.evidence.ring_shared_accounts)``,
+where ``shared_ring_accounts`` is the most accounts of the member's ring
+(itself included) that used one of its non-hub devices, IPs or cards. A
+family shares one device and home IP among its few members; a device farm
+or a proxy pool serves a whole ring, including members who moved no money
+tonight and so have no behaviour of their own to show.
 
 Meaning: ``score`` is a monotone estimate of the probability that the entity
 takes part in fraud; ``w.bias`` is the log-odds with no evidence (0.0004 with
@@ -257,6 +265,8 @@ TYPED_RING_COLUMNS = (RING_ID, RING_TYPE, RING_SCORE, RING_REASONS, RING_LISTED,
 ATTACHED_RING = "attached_ring_id"
 ATTACHMENT = "attachment"  # "member", "link" or null
 LINK_STRENGTH = "link_strength"
+SHARED_RING_ACCOUNTS = "shared_ring_accounts"  # most ring accounts on one device/IP/card a member used
+F_RING_SHARED = "f_ring_shared"
 PROPAGATED_RISK = "propagated_risk"
 C_BEHAVIOUR, C_RING, C_PROPAGATED, C_LABEL = "c_behaviour", "c_ring", "c_propagated", "c_label"
 LOGIT, SCORE, THRESHOLD, LISTED = "logit", "score", "threshold", "listed"
@@ -815,6 +825,11 @@ def entity_scores(
     df = (df.join(prop, list(KEYS), "left") if prop is not None
           else df.withColumn(PROPAGATED_RISK, F.lit(None).cast("double")))
     df = df.join(_shared_reasons(infrastructure), list(KEYS), "left")
+    shared_n = F.array_max(F.transform(F.filter(c("_shared"), lambda x: x["r"] == c(ATTACHED_RING)),
+                                       lambda x: -x["k"]))
+    df = df.withColumn(SHARED_RING_ACCOUNTS, F.when(c(ATTACHMENT) == MEMBER, F.coalesce(shared_n, F.lit(1))))
+    df = df.withColumn(F_RING_SHARED, F.coalesce(_ramp(c(SHARED_RING_ACCOUNTS).cast("double"),
+                                                       sc.evidence.ring_shared_accounts), F.lit(0.0)))
 
     in_listed_ring = F.coalesce(c(RING_LISTED), F.lit(False))
     trusted = (c(LABEL).isin(*FRAUD_LABELS) & c(SOURCE).isin(*sc.trusted_label_sources)
@@ -825,7 +840,8 @@ def entity_scores(
     df = df.withColumns({
         PROPAGATED_RISK: F.coalesce(c(PROPAGATED_RISK), F.lit(0.0)),
         C_BEHAVIOUR: c(CT_POINTS) + c(MULE_POINTS) + c(BOT_POINTS),
-        C_RING: F.coalesce(c(C_RING), F.lit(0.0)),
+        C_RING: F.coalesce(c(C_RING), F.lit(0.0))
+        + F.lit(w.ring_shared) * c(F_RING_SHARED) * F.coalesce(c(RING_SCORE), F.lit(0.0)),
         C_LABEL: (F.when(c(LABEL).isin(*FRAUD_LABELS), F.lit(w.fraud_label))
                   .when(c(LABEL) == "legit", F.lit(-w.legit_label)).otherwise(F.lit(0.0))),
     })

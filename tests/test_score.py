@@ -252,6 +252,29 @@ def test_investigator_label_lists_the_entity_alone_not_its_community(spark, conf
     assert ("account", "b-07") not in risk_untrusting
 
 
+def test_members_on_a_device_of_many_ring_accounts_gain_the_shared_term(spark, config, inputs, world):
+    _, scores0, _, _ = world
+    # Most ring accounts (itself included) on one device/IP/card a member used; members only.
+    shared = {a: scores0[("account", a)]["shared_ring_accounts"] for a in CT + MU + HON + BIG}
+    assert {shared[a] for a in CT} == {4} and {shared[a] for a in MU} == {5}
+    assert {shared[a] for a in HON} == {4} and {shared[a] for a in BIG} == {1}
+    assert scores0[("device", "d-mu")]["shared_ring_accounts"] is None
+    lo, hi = config.scoring.evidence.ring_shared_accounts
+    f = {a: min(max((n - lo) / (hi - lo), 0.0), 1.0) for a, n in shared.items()}
+    assert all(scores0[("account", a)]["f_ring_shared"] == pytest.approx(f[a]) for a in f)
+    assert f["mu-1"] > 0 and f["h-1"] == 0.0  # five on the mule device, a family of four on theirs
+    weighted = config.model_copy(update={"scoring": config.scoring.model_copy(update={
+        "weights": config.scoring.weights.model_copy(update={
+            "ring_shared": config.scoring.weights.ring_shared + 5.0})})})
+    rings, scores, _, _ = run(spark, config, inputs, labels=[WRONG_LABEL], cfg=weighted)
+    for a in CT + MU + HON + BIG:
+        ring = scores[("account", a)]["attached_ring_id"]
+        gain = 5.0 * f[a] * rings[ring]["ring_score"]
+        assert scores[("account", a)]["c_ring"] - scores0[("account", a)]["c_ring"] == pytest.approx(gain), a
+        assert scores[("account", a)]["logit"] - scores0[("account", a)]["logit"] == pytest.approx(gain), a
+    assert scores[("device", "d-mu")]["logit"] == pytest.approx(scores0[("device", "d-mu")]["logit"])
+
+
 def test_lone_bot_device_listed_without_ring(world, config):
     _, scores, risk, _ = world
     row = risk[("device", "d-bot")]
