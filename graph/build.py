@@ -52,6 +52,7 @@ from pyspark.sql import functions as F
 from graph.config import RingfenceConfig
 from graph.errors import SchemaError
 from graph.schema import INPUT_SCHEMAS
+from graph.validate import events_in_window
 
 # Vertex columns.
 ID = "id"
@@ -180,14 +181,6 @@ def _events(payments: DataFrame, transfers: DataFrame, sessions: DataFrame) -> D
     return pay.unionByName(tra).unionByName(ses)
 
 
-def _in_window(start_micros: int, end_micros: int):
-    # Compared as epoch micros so the session time zone cannot shift the window.
-    def step(events: DataFrame) -> DataFrame:
-        t = F.unix_micros(F.col(_TIME))
-        return events.where((t >= F.lit(start_micros)) & (t < F.lit(end_micros)))
-    return step
-
-
 def _with_decay(end_micros: int, half_life_days: float):
     def step(events: DataFrame) -> DataFrame:
         age_days = F.greatest(
@@ -312,10 +305,9 @@ def build_identity_graph(spark: SparkSession, cfg: RingfenceConfig, tables: dict
     lookback = lookback_days or cfg.pipeline.lookback_days
     t = _contract_columns(tables)
     end_micros = _utc_micros(ds + dt.timedelta(days=1))
-    start_micros = _utc_micros(ds - dt.timedelta(days=lookback - 1))
+    window = {k: events_in_window(t[k], ds, lookback) for k in ("payments", "transfers", "sessions")}
     events = (
-        _events(t["payments"], t["transfers"], t["sessions"])
-        .transform(_in_window(start_micros, end_micros))
+        _events(window["payments"], window["transfers"], window["sessions"])
         .transform(_with_decay(end_micros, cfg.hubs.edge_half_life_days))
     )
     edges = _edges(events)
