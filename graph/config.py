@@ -205,45 +205,45 @@ class EntityWeights(_Section):
     """Log-odds weights of the entity score (graph/score.py). All but the bias are >= 0,
     so a score can only rise with fraud evidence and only fall with a legit label."""
 
-    bias: float = -7.771
-    ct_decline: float = Field(0.95, ge=0.0)
-    ct_tiny: float = Field(20.26, ge=0.0)
-    ct_cards: float = Field(4.581, ge=0.0)
+    bias: float = -7.855
+    ct_decline: float = Field(1.206, ge=0.0)
+    ct_tiny: float = Field(20.988, ge=0.0)
+    ct_cards: float = Field(4.664, ge=0.0)
     ct_merchants_per_card: float = Field(0.0, ge=0.0)
-    ct_burst: float = Field(1.944, ge=0.0)
-    mule_pass_through: float = Field(11.538, ge=0.0)
-    mule_fan_in: float = Field(4.945, ge=0.0)
+    ct_burst: float = Field(1.601, ge=0.0)
+    mule_pass_through: float = Field(10.751, ge=0.0)
+    mule_fan_in: float = Field(4.382, ge=0.0)
     mule_fan_out: float = Field(0.0, ge=0.0)
-    mule_new_account: float = Field(8.465, ge=0.0)
+    mule_new_account: float = Field(8.127, ge=0.0)
     bot_taps: float = Field(0.0, ge=0.0)
-    bot_timing: float = Field(2.138, ge=0.0)
-    bot_travel: float = Field(6.381, ge=0.0)
-    bot_burst: float = Field(5.293, ge=0.0)
-    ring_member: float = Field(9.395, ge=0.0)
-    ring_link: float = Field(0.862, ge=0.0)
-    ring_shared: float = Field(0.0, ge=0.0)
-    propagated: float = Field(2.888, ge=0.0)
-    fraud_label: float = Field(2.582, ge=0.0)
-    legit_label: float = Field(1.015, ge=0.0)
+    bot_timing: float = Field(1.422, ge=0.0)
+    bot_travel: float = Field(6.534, ge=0.0)
+    bot_burst: float = Field(5.656, ge=0.0)
+    ring_member: float = Field(9.359, ge=0.0)
+    ring_link: float = Field(1.046, ge=0.0)
+    ring_shared: float = Field(36.518, ge=0.0)
+    propagated: float = Field(1.802, ge=0.0)
+    fraud_label: float = Field(3.744, ge=0.0)
+    legit_label: float = Field(1.038, ge=0.0)
 
 
 class RingScoreConf(_Section):
     """Log-odds weights of the ring score and when a ring is listed (graph/score.py)."""
 
-    bias: float = -9.205
+    bias: float = -7.524
     density: float = Field(0.0, ge=0.0)
-    shared_infrastructure: float = Field(3.359, ge=0.0)
-    card_testing: float = Field(29.656, ge=0.0)
-    mule: float = Field(13.068, ge=0.0)
-    bot: float = Field(16.802, ge=0.0)
+    shared_infrastructure: float = Field(1.1, ge=0.0)
+    card_testing: float = Field(29.315, ge=0.0)
+    mule: float = Field(18.338, ge=0.0)
+    bot: float = Field(15.914, ge=0.0)
     # x money_flow_evidence: how rare tonight the ring's share of accounts on mule-like transfer links is
     # (graph/score.py money_flow_evidence); money_flow_prior pseudo-accounts in rings without money flow
     # keep a night with few rings from making every money-flow ring look common (not fitted).
-    money_flow: float = Field(6.49, ge=0.0)
+    money_flow: float = Field(4.152, ge=0.0)
     money_flow_prior: float = Field(100.0, ge=0.0)
-    propagated: float = Field(4.112, ge=0.0)
-    fraud_labels: float = Field(17.363, ge=0.0)
-    legit_labels: float = Field(3.807, ge=0.0)
+    propagated: float = Field(5.357, ge=0.0)
+    fraud_labels: float = Field(13.484, ge=0.0)
+    legit_labels: float = Field(2.694, ge=0.0)
     # Label shares are n_labelled / (ring size + label_prior): one label in a big ring is little.
     label_prior: float = Field(2.0, ge=0.0)
     threshold: float = Field(0.5, ge=0.0, le=1.0)

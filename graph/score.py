@@ -89,7 +89,7 @@ evidence falls towards 0 and only labels, behaviour and propagated risk count.
 / legit; the prior in the denominator is why one wrong label cannot taint a
 big community. Structure alone (a family sharing devices: density 1, every
 account sharing) reaches ``sigmoid(r.bias + r.density + r.shared_infrastructure)``,
-0.003 with the fitted weights, far below ``r.threshold``: rings are listed for
+0.002 with the fitted weights, far below ``r.threshold``: rings are listed for
 behaviour, money flow, labels or propagated risk, never for being tight.
 
 Ring type: ``v_ct = E_ct + n_ct_labels / (size + label_prior)`` and
