@@ -828,8 +828,7 @@ def entity_scores(
     shared_n = F.array_max(F.transform(F.filter(c("_shared"), lambda x: x["r"] == c(ATTACHED_RING)),
                                        lambda x: -x["k"]))
     df = df.withColumn(SHARED_RING_ACCOUNTS, F.when(c(ATTACHMENT) == MEMBER, F.coalesce(shared_n, F.lit(1))))
-    df = df.withColumn(F_RING_SHARED, F.coalesce(_ramp(c(SHARED_RING_ACCOUNTS).cast("double"),
-                                                       sc.evidence.ring_shared_accounts), F.lit(0.0)))
+    df = df.withColumn(F_RING_SHARED, _ramp(c(SHARED_RING_ACCOUNTS), sc.evidence.ring_shared_accounts))
 
     in_listed_ring = F.coalesce(c(RING_LISTED), F.lit(False))
     trusted = (c(LABEL).isin(*FRAUD_LABELS) & c(SOURCE).isin(*sc.trusted_label_sources)

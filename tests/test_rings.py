@@ -83,6 +83,9 @@ def test_pieces_below_the_minimum_merge_into_their_most_tied_neighbour():
     # Already large enough, or the whole component: nothing changes.
     assert _merge_fragments(g, [x, y], 3) == [x, y]
     assert _merge_fragments(_graph([("a", "b", 1.0, 0.0)]), [{"a", "b"}], 3) == [{"a", "b"}]
+    # Pieces with no neighbour (components given that are not connected) stay as they are.
+    apart = _graph([("a", "b", 1.0, 0.0), ("c", "d", 1.0, 0.0)])
+    assert _merge_fragments(apart, [{"a", "b"}, {"c", "d"}], 3) == [{"a", "b"}, {"c", "d"}]
 
 
 def test_large_components_fall_back_and_giant_ones_stay_whole(spark, config):
