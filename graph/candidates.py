@@ -55,7 +55,12 @@ Hubs: ``hubs/`` vertices link nothing, as in the projection, except the
 (default account, device, card): their links pass their own test above, and
 the outlier rule (a multiple of this run's p99 degree) would otherwise set
 aside exactly the busiest mule collectors and the largest device farms.
-``excluded`` and ``degree_cap`` hubs never link. A transfer pair touching a
+``excluded`` and ``degree_cap`` hubs never link, with one exception: an IP
+over ``hubs.max_accounts_per_ip`` but with at most
+``candidates.ip_footprint_max_accounts`` accounts takes part in the
+``ip_footprint`` rule (the only rule IPs link by). A mule ring bigger than the
+IP cap shares its few proxy exits among all its members; carrier NATs and
+offices have hundreds of users and stay set aside. A transfer pair touching a
 hub account appears in ``links`` as dropped, with the hub's reason.
 
 Edges (``edges``, what connected components run on): the kept links
@@ -128,7 +133,16 @@ from graph.build import (
 )
 from graph.config import RingfenceConfig
 from graph.errors import SchemaError
-from graph.hubs import DEGREE_OUTLIER, HUB_REASON, HUB_RULE, SHARED_COUNT, VIA_IDS, VIA_TYPE
+from graph.hubs import (
+    DEGREE,
+    DEGREE_CAP,
+    DEGREE_OUTLIER,
+    HUB_REASON,
+    HUB_RULE,
+    SHARED_COUNT,
+    VIA_IDS,
+    VIA_TYPE,
+)
 from graph.signals import BOT_SESSION_SHARE, DECLINE_RATE, ENTITY_ID, TINY_SHARE
 
 # Link and edge columns (SRC, DST, WEIGHT, VIA_TYPE, VIA_IDS, SHARED_COUNT as in the projection).
@@ -179,10 +193,15 @@ class CandidateGraph:
 
 def candidate_hubs(cfg: RingfenceConfig, hubs: DataFrame) -> DataFrame:
     """The hub rows that stay set aside in the candidate graph (see the module docstring)."""
+    waived = F.lit(False)
     waived_types = list(cfg.candidates.outlier_hubs_link)
-    if not waived_types:
-        return hubs
-    waived = (F.col(HUB_RULE) == DEGREE_OUTLIER) & F.col(ENTITY_TYPE).isin(*waived_types)
+    if waived_types:
+        waived = waived | ((F.col(HUB_RULE) == DEGREE_OUTLIER) & F.col(ENTITY_TYPE).isin(*waived_types))
+    ip_max = cfg.candidates.ip_footprint_max_accounts
+    if ip_max is not None:
+        # IPs link only through the footprint rule, so a waived IP is a footprint-only IP.
+        waived = waived | ((F.col(HUB_RULE) == DEGREE_CAP) & (F.col(ENTITY_TYPE) == IP)
+                           & (F.col(DEGREE) <= F.lit(ip_max)))
     return hubs.where(~waived)
 
 

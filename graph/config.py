@@ -107,6 +107,10 @@ class CandidateConf(_Section):
     # usual is evidence, not infrastructure. `excluded` and `degree_cap` hubs never link.
     outlier_hubs_link: list[Literal["account", "device", "ip", "card", "merchant"]] = Field(
         default_factory=lambda: ["account", "device", "card"])
+    # An IP set aside by the hub cap (`hubs.max_accounts_per_ip`) with at most this many
+    # accounts still takes part in the IP footprint rule below, and only there: a mule ring
+    # bigger than the IP cap shares its proxy exits among all its members. None: never.
+    ip_footprint_max_accounts: int | None = Field(50, ge=0)
     # A transfer a -> b is mule-like when a's fresh money (inflows of the last
     # scoring.signals.pass_through_hours minus what a sent in that time) covers at least
     # this share of the amount, and b moved at least this share on (transfers out,

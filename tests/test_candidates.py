@@ -389,15 +389,59 @@ def test_transfer_tests_numbers(cfg, world):
 
 
 # ---------------------------------------------------------------------------
+# A mule ring bigger than the IP cap.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("footprint_max", [7, None])
+def test_a_ring_bigger_than_the_ip_cap_links_through_its_proxies(spark, config, footprint_max):
+    """IP cap 4: the ring's two proxies (6 accounts each) and the hotspot (5) are over it."""
+    w = World()
+    ring = [f"pr-{i}" for i in range(6)]
+    for i, a in enumerate(ring):
+        w.session(ts(2024, 3, 1, i), a, ip=f"10.6.0.{i}")
+        for j, proxy in enumerate(("45.9.0.1", "45.9.0.2")):
+            w.session(ts(2024, 3, 2 + j, 3 * i), a, ip=proxy)
+    # Five travellers meet on one hotspot; each also has a home IP and another foreign IP.
+    for i in range(5):
+        w.session(ts(2024, 3, 4, 8), f"t-{i}", ip=f"10.7.0.{i}")
+        w.session(ts(2024, 3, 5, 8 + i), f"t-{i}", ip=HOTSPOT)
+        w.session(ts(2024, 3, 6, 8), f"t-{i}", ip=f"126.1.0.{i}")
+    # Eight phones on the same two carrier-NAT IPs: a perfect footprint, over the bound.
+    for i in range(8):
+        for j, nat in enumerate((NAT, "100.64.0.2")):
+            w.session(ts(2024, 3, 7, 8 + j, i), f"n-{i}", ip=nat)
+    cfg = with_section(with_section(config, "hubs", max_accounts_per_ip=4, outlier_multiplier=None),
+                       "candidates", ip_footprint_max_accounts=footprint_max)
+    g = build_identity_graph(spark, cfg, w.tables(spark), DS)
+    hubs = find_hubs(cfg, g)
+    assert {r.id: r.degree for r in hubs.collect()} == {
+        "ip:45.9.0.1": 6, "ip:45.9.0.2": 6, f"ip:{HOTSPOT}": 5, f"ip:{NAT}": 8, "ip:100.64.0.2": 8}
+    set_aside = {r.id for r in candidate_hubs(cfg, hubs).collect()}
+    out = candidate_graph(cfg, g, hubs, None, w.tables(spark), DS)
+    edges, links = out.edges.collect(), out.links.collect()
+    if footprint_max is None:
+        assert set_aside == {"ip:45.9.0.1", "ip:45.9.0.2", f"ip:{HOTSPOT}", f"ip:{NAT}", "ip:100.64.0.2"}
+        assert edges == [] and links == []
+        return
+    assert set_aside == {f"ip:{NAT}", "ip:100.64.0.2"}
+    assert components(edges) == {frozenset({acc(a) for a in ring} | {"ip:45.9.0.1", "ip:45.9.0.2"})}
+    ring_links = links_of(links, *ring)
+    assert len(ring_links) == 15 and {(r.kept, r.shared_count) for r in ring_links} == {(True, 2)}
+    # The travellers are considered (the hotspot is back in the rule) and fail it.
+    trips = links_of(links, *[f"t-{i}" for i in range(5)])
+    assert len(trips) == 10 and not any(r.kept for r in trips)
+
+
+# ---------------------------------------------------------------------------
 # Seeded random worlds: the IP-footprint decisions against a plain-Python reference.
 # ---------------------------------------------------------------------------
 
-def reference_ip_links(sessions, cap: int, min_shared: int, min_jaccard: float):
+def reference_ip_links(sessions, cap: int, min_shared: int, min_jaccard: float, footprint_max: int | None):
     users: dict[str, set[str]] = {}
     for s in sessions:
         if s[5] is not None:
             users.setdefault(s[5], set()).add(s[2])
-    hubs = {ip for ip, a in users.items() if len(a) > cap}
+    hubs = {ip for ip, a in users.items() if len(a) > cap and (footprint_max is None or len(a) > footprint_max)}
     ips_of: dict[str, set[str]] = {}
     for ip, accts in users.items():
         if ip not in hubs:
@@ -412,8 +456,8 @@ def reference_ip_links(sessions, cap: int, min_shared: int, min_jaccard: float):
     return out
 
 
-@pytest.mark.parametrize("seed", [3, 17])
-def test_ip_footprint_matches_reference(spark, config, seed):
+@pytest.mark.parametrize(("seed", "footprint_max"), [(3, None), (17, None), (3, 40), (17, 40)])
+def test_ip_footprint_matches_reference(spark, config, seed, footprint_max):
     rnd = random.Random(seed)
     ips = [f"10.0.0.{i}" for i in range(10)] + [NAT] * 4
     sessions = [(f"s-{i}", ts(2024, 3, rnd.randint(1, 10)), f"a-{rnd.randrange(25):02d}", "login", None,
@@ -421,10 +465,13 @@ def test_ip_footprint_matches_reference(spark, config, seed):
     tables = {name: spark.createDataFrame(sessions if name == "sessions" else [], spark_ddl(INPUT_SCHEMAS[name]))
               for name in INPUT_SCHEMAS}
     cfg = with_section(with_section(config, "hubs", max_accounts_per_ip=12, outlier_multiplier=None),
-                       "candidates", ip_min_shared=2, ip_min_jaccard=0.4)
+                       "candidates", ip_min_shared=2, ip_min_jaccard=0.4, ip_footprint_max_accounts=footprint_max)
     g = build_identity_graph(spark, cfg, tables, DS)
-    rows = identifier_links(cfg, g, find_hubs(cfg, g)).collect()
-    want = reference_ip_links(sessions, 12, 2, 0.4)
-    assert NAT in {s[5] for s in sessions}
+    hubs = find_hubs(cfg, g)
+    rows = identifier_links(cfg, g, hubs).collect()
+    want = reference_ip_links(sessions, 12, 2, 0.4, footprint_max)
+    # The NAT is over the IP cap: set aside, unless the footprint bound lets it back in.
+    assert [(r.id, r.rule) for r in hubs.collect()] == [(f"ip:{NAT}", "degree_cap")]
+    assert any(f"ip:{NAT}" in r.via_ids for r in rows) == (footprint_max is not None)
     assert {(r.src, r.dst): (r.kept, r.shared_count) for r in rows} == want
     assert any(k for k, _ in want.values()) and not all(k for k, _ in want.values())
