@@ -83,6 +83,9 @@ class RingConf(_Section):
     min_ring_size: int = Field(3, ge=2)
     # Components at most this large are refined with networkx in applyInPandas.
     max_component_for_refinement: int = Field(5000, ge=10)
+    # A component is split into communities only when their modularity reaches this;
+    # below it the component stays one ring (0: always take the communities found).
+    min_split_modularity: float = Field(0.3, ge=0.0, le=1.0)
     # Overlap (Jaccard) needed to carry a ring id over from the previous night.
     id_match_jaccard: float = Field(0.3, ge=0.0, le=1.0)
     # Collections to the driver are allowed only below this many rows.

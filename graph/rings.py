@@ -16,7 +16,11 @@ at scale (``graph.components``); this module takes them as an
    each) into pairs; a piece below ``rings.min_ring_size`` is merged into the
    neighbouring community it has the most link weight to
    (``_merge_fragments``), so a component splits only into rings, and only a
-   whole component below the minimum is left out;
+   whole component below the minimum is left out. If the communities' modularity
+   is below ``rings.min_split_modularity`` the component stays one ring: the
+   candidate components are mostly one ring each already, and Louvain's cut of
+   a loosely knit ring strands its dormant members (docs/candidates.md,
+   "Splitting components");
 2. gives every community a ring id: a community that overlaps one of the
    previous night's rings with Jaccard ≥ ``rings.id_match_jaccard`` (mutual
    best match) keeps that ring's id and ``first_seen``; a new community gets
@@ -50,7 +54,7 @@ RINGS_COLUMNS = (
 )
 
 
-def _refine_component(pdf: pd.DataFrame, cap: int, min_size: int) -> pd.DataFrame:
+def _refine_component(pdf: pd.DataFrame, cap: int, min_size: int, min_q: float = 0.0) -> pd.DataFrame:
     """Split one component's edges (src, dst, weight, flow) into communities."""
     comp = str(pdf["component"].iloc[0])
     g = nx.Graph()
@@ -75,6 +79,8 @@ def _refine_component(pdf: pd.DataFrame, cap: int, min_size: int) -> pd.DataFram
         method = "unrefined"
     if method != "unrefined":
         parts = _merge_fragments(g, parts, min_size)
+        if len(parts) > 1 and nx.community.modularity(g, parts, weight="weight") < min_q:
+            parts = [set(g.nodes)]
     rows = []
     for part in parts:
         if len(part) < min_size:
@@ -149,9 +155,10 @@ def refine_components(
     e = (edges.select("src", "dst", F.col("weight").cast("double").alias("weight"),
                       F.col("flow").cast("double").alias("flow"))
          .join(comp, "src"))
-    cap, min_size = cfg.rings.max_component_for_refinement, cfg.rings.min_ring_size
+    r = cfg.rings
+    cap, min_size, min_q = r.max_component_for_refinement, r.min_ring_size, r.min_split_modularity
     return e.groupBy("component").applyInPandas(
-        lambda pdf: _refine_component(pdf, cap, min_size), schema=COMMUNITY_SCHEMA)
+        lambda pdf: _refine_component(pdf, cap, min_size, min_q), schema=COMMUNITY_SCHEMA)
 
 
 def assign_ring_ids(

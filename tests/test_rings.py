@@ -9,9 +9,17 @@ import datetime as dt
 import itertools
 
 import networkx as nx
+import pandas as pd
 import pytest
 
-from graph.rings import _merge_fragments, assign_ring_ids, discover_rings, refine_components, ring_tables
+from graph.rings import (
+    _merge_fragments,
+    _refine_component,
+    assign_ring_ids,
+    discover_rings,
+    refine_components,
+    ring_tables,
+)
 
 pytestmark = pytest.mark.spark
 D1, D2 = dt.date(2026, 11, 23), dt.date(2026, 11, 24)
@@ -67,6 +75,25 @@ def test_a_layering_chain_is_kept_whole_or_in_pieces_of_ring_size(spark, config)
     got = refine_components(_components(spark, chain), _edges(spark, chain), config).collect()
     assert sorted(r["id"] for r in got) == [f"account:m{i}" for i in range(6)]
     assert min(r["n_vertices"] for r in got) >= config.rings.min_ring_size
+
+
+def test_a_split_below_the_modularity_bar_keeps_the_component_whole():
+    # A dense random group with no real seams: Louvain still cuts it, with low modularity.
+    g = nx.relabel_nodes(nx.gnp_random_graph(12, 0.5, seed=1), lambda i: f"account:r{i:02d}")
+    dense = [(a, b, 1.0, 0.0) for a, b in g.edges]
+    parts = nx.community.louvain_communities(_graph(dense), weight="weight", seed=42)
+    assert len(parts) >= 2 and nx.community.modularity(_graph(dense), parts, weight="weight") < 0.2
+    two = clique("x", 5, 3.0) + clique("y", 5, 3.0) + [("account:x0", "account:y0", 0.1, 0.0)]
+
+    def communities(edges, min_q):
+        pdf = pd.DataFrame(edges, columns=["src", "dst", "weight", "flow"]).assign(component="c")
+        got = _refine_component(pdf, 5000, 3, min_q)
+        return sorted(sorted(ids) for ids in got.groupby("community")["id"].apply(set))
+
+    assert len(communities(dense, 0.0)) >= 2
+    assert communities(dense, 0.2) == [sorted(g.nodes)]
+    # Two cliques on one weak edge (modularity 0.5) are two rings under the same bar.
+    assert len(communities(two, 0.2)) == 2 and len(communities(two, 0.6)) == 1
 
 
 def test_pieces_below_the_minimum_merge_into_their_most_tied_neighbour():
