@@ -286,7 +286,7 @@ class ScoringConf(_Section):
         return v
     thresholds: dict[str, float] = Field(
         default_factory=lambda: {
-            "account": 0.92, "device": 0.9, "ip": 0.5, "card": 0.5, "merchant": 0.8,
+            "account": 0.96, "device": 0.9, "ip": 0.5, "card": 0.5, "merchant": 0.8,
         }
     )
     list_ttl_days: int = Field(7, ge=1)
