@@ -88,7 +88,8 @@ BOT = [("f_bot_taps", "bot_taps"), ("f_bot_timing", "bot_timing"), ("f_bot_trave
        ("f_bot_burst", "bot_burst")]
 FAMILIES = (CT, MULE, BOT)
 ENTITY_TERMS = [k for fam in FAMILIES for _, k in fam] + [
-    "ring_member", "ring_link", "propagated", "fraud_label", "legit_label", "ring_shared"]
+    "ring_member", "ring_link", "propagated", "fraud_label", "legit_label", "ring_shared",
+    "ring_tied"]
 RING_TERMS = ["density", "shared_infrastructure", "card_testing", "mule", "bot", "money_flow", "propagated",
               "fraud_labels", "legit_labels"]
 PROTECTED = ("payroll_employer", "rent_collector", "cgnat_ip", "office_ip")
@@ -128,9 +129,11 @@ class World:
         n_acc = acc.groupby("ring_id").size()
         r["n_acc"] = r.ring_id.map(n_acc).fillna(0).to_numpy()
         r["y"] = (r.ring_id.map(votes).fillna(0) > r.n_acc / 2).astype(float)
-        if "f_ring_shared" not in e:
-            raise SystemExit(f"{base}/entity_scores has no f_ring_shared: a bench run from before graph/score.py "
-                             "scored members' shared infrastructure; rerun bench_quality.py")
+        for col, what in (("f_ring_shared", "scored members' shared infrastructure"),
+                          ("f_ring_tied", "scored members' links into their ring")):
+            if col not in e:
+                raise SystemExit(f"{base}/entity_scores has no {col}: a bench run from before graph/score.py "
+                                 f"{what}; rerun bench_quality.py")
         if "money_flow_evidence" not in r:
             raise SystemExit(f"{base}/ring_scores has no money_flow_evidence: a bench run from before "
                              "graph/score.py measured money flow against the night's rings; rerun bench_quality.py")
@@ -202,7 +205,8 @@ def entity_design(wd: World, ring_score: pd.Series, unlabelled: bool = False) ->
         lab * e.propagated_risk.fillna(0.0).to_numpy(),
         lab * e.label.isin(FRAUD).to_numpy(float),
         -lab * (e.label == "legit").to_numpy(float),
-        (e.attachment == "member").to_numpy() * e.f_ring_shared.to_numpy(float) * rs])
+        (e.attachment == "member").to_numpy() * e.f_ring_shared.to_numpy(float) * rs,
+        (e.attachment == "member").to_numpy() * e.f_ring_tied.to_numpy(float) * rs])
 
 
 # --------------------------------------------------------------------------- scoring (graph/score.py)
@@ -230,7 +234,9 @@ class Scored:
         pull = np.where(e.attachment == "member", w["ring_member"], w["ring_link"])
         c_ring = np.where(rs.notna(), pull * e.link_strength.fillna(0.0) * rs.fillna(0.0), 0.0)
         c_label = np.where(e.label.isin(FRAUD), w["fraud_label"], np.where(e.label == "legit", -w["legit_label"], 0.0))
-        c_ring = c_ring + np.where(e.attachment == "member", w["ring_shared"] * e.f_ring_shared * rs.fillna(0.0), 0.0)
+        c_ring = c_ring + np.where(e.attachment == "member", (w["ring_shared"] * e.f_ring_shared
+                                                               + w["ring_tied"] * e.f_ring_tied)
+                                   * rs.fillna(0.0), 0.0)
         z = w["bias"] + ct_pts + mu_pts + bo_pts + c_ring + w["propagated"] * e.propagated_risk.fillna(0.0) + c_label
         # A fraud label from a trusted source lists the entity with at least trusted_label_score (graph/score.py).
         self.trusted = (e.label.isin(FRAUD) & e.source.isin(p.get("trusted_label_sources") or [])).to_numpy()

@@ -206,6 +206,8 @@ class EvidenceConf(_Section):
     day_burst_ratio: Ramp = (3.0, 20.0)
     # Ring members: the most ring accounts (itself included) on one device, IP or card it used.
     ring_shared_accounts: Ramp = (4.0, 8.0)
+    # Ring members: the ring's accounts it is directly linked to (graph/rings.py ring_links).
+    ring_links: Ramp = (1.0, 2.0)
 
 
 class EntityWeights(_Section):
@@ -229,6 +231,7 @@ class EntityWeights(_Section):
     ring_member: float = Field(9.359, ge=0.0)
     ring_link: float = Field(1.046, ge=0.0)
     ring_shared: float = Field(36.518, ge=0.0)
+    ring_tied: float = Field(0.0, ge=0.0)
     propagated: float = Field(1.802, ge=0.0)
     fraud_label: float = Field(3.744, ge=0.0)
     legit_label: float = Field(1.038, ge=0.0)

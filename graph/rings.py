@@ -41,11 +41,12 @@ from pyspark.sql import functions as F
 from graph.config import RingfenceConfig
 
 GIANT_FACTOR = 10
+ACCOUNT_PREFIX = "account:"
 LOUVAIN_SEED = 42
 
 COMMUNITY_SCHEMA = (
     "component string, community string, id string, role string, "
-    "weighted_degree double, net_flow double, n_vertices long, n_edges long, method string"
+    "weighted_degree double, net_flow double, ring_links long, n_vertices long, n_edges long, method string"
 )
 
 RINGS_COLUMNS = (
@@ -54,7 +55,7 @@ RINGS_COLUMNS = (
 )
 
 
-def _refine_component(pdf: pd.DataFrame, cap: int, min_size: int, min_q: float = 0.0) -> pd.DataFrame:
+def _refine_component(pdf: pd.DataFrame, cap: int, min_size: int, min_q: float) -> pd.DataFrame:
     """Split one component's edges (src, dst, weight, flow) into communities."""
     comp = str(pdf["component"].iloc[0])
     g = nx.Graph()
@@ -90,8 +91,9 @@ def _refine_component(pdf: pd.DataFrame, cap: int, min_size: int, min_q: float =
         wdeg = dict(sub.degree(weight="weight"))
         top = max(wdeg.values()) if wdeg else 0.0
         for v in sorted(part):
+            links = sum(1 for u in sub.neighbors(v) if u.startswith(ACCOUNT_PREFIX))
             rows.append((comp, key, v, _role(v, wdeg[v], top, flow.get(v, 0.0)), float(wdeg[v]),
-                         float(flow.get(v, 0.0)), len(part), sub.number_of_edges(), method))
+                         float(flow.get(v, 0.0)), links, len(part), sub.number_of_edges(), method))
     return pd.DataFrame(rows, columns=[c.split()[0] for c in COMMUNITY_SCHEMA.split(", ")])
 
 
@@ -203,7 +205,7 @@ def ring_tables(communities: DataFrame, ids: DataFrame, ds: dt.date) -> tuple[Da
         F.split("id", ":", 2)[0].alias("entity_type"),
         F.split("id", ":", 2)[1].alias("entity_id"),
         F.col("id").alias("member_vertex"),
-        "role", "weighted_degree", "net_flow",
+        "role", "weighted_degree", "net_flow", "ring_links",
     )
     counts = [F.sum((F.col("entity_type") == t).cast("int")).alias(f"n_{t}s")
               for t in ("account", "device", "ip", "card", "merchant")]

@@ -110,6 +110,7 @@ outsiders is small). With ``w = scoring.weights``::
       + card-testing points + mule points + bot points            (own behaviour)
       + w.ring_member x ring_score                                 (member)
         + w.ring_shared x f_ring_shared x ring_score
+        + w.ring_tied x f_ring_tied x ring_score
       | w.ring_link x link_strength x ring_score                   (link)
       + w.propagated x propagated risk
       + w.fraud_label  if the latest usable label is fraud/mule/card_testing
@@ -122,6 +123,13 @@ where ``shared_ring_accounts`` is the most accounts of the member's ring
 family shares one device and home IP among its few members; a device farm
 or a proxy pool serves a whole ring, including members who moved no money
 tonight and so have no behaviour of their own to show.
+
+``f_ring_tied = ramp(ring_links, scoring.evidence.ring_links)``, where
+``ring_links`` (``ring_members``, graph/rings.py) is the number of the ring's
+accounts the member is directly linked to in the candidate graph. A ring
+member is tied to the ring by several of its links; a household member or a
+friend pulled into a ring is typically tied to it by one: a shared family
+device, or one transfer.
 
 Meaning: ``score`` is a monotone estimate of the probability that the entity
 takes part in fraud; ``w.bias`` is the log-odds with no evidence (0.0004 with
@@ -267,6 +275,8 @@ ATTACHMENT = "attachment"  # "member", "link" or null
 LINK_STRENGTH = "link_strength"
 SHARED_RING_ACCOUNTS = "shared_ring_accounts"  # most ring accounts on one device/IP/card a member used
 F_RING_SHARED = "f_ring_shared"
+RING_LINKS = "ring_links"  # ring_members: accounts of its ring a member is directly linked to
+F_RING_TIED = "f_ring_tied"
 PROPAGATED_RISK = "propagated_risk"
 C_BEHAVIOUR, C_RING, C_PROPAGATED, C_LABEL = "c_behaviour", "c_ring", "c_propagated", "c_label"
 LOGIT, SCORE, THRESHOLD, LISTED = "logit", "score", "threshold", "listed"
@@ -291,7 +301,7 @@ RINGS_DDL = ("ring_id STRING, size BIGINT, n_accounts BIGINT, n_devices BIGINT, 
              "n_cards BIGINT, n_merchants BIGINT, n_edges BIGINT, density DOUBLE, method STRING, "
              "first_seen DATE, last_seen DATE")
 RING_MEMBERS_DDL = ("ring_id STRING, entity_type STRING, entity_id STRING, member_vertex STRING, "
-                    "role STRING, weighted_degree DOUBLE, net_flow DOUBLE")
+                    "role STRING, weighted_degree DOUBLE, net_flow DOUBLE, ring_links BIGINT")
 PROPAGATED_DDL = "id STRING, risk DOUBLE"
 
 
@@ -746,8 +756,8 @@ def _attachments(ring_members: DataFrame, typed_rings: DataFrame, infrastructure
     w = cfg.scoring.weights
     c = F.col
     rings = typed_rings.select(RING_ID, RING_TYPE, RING_SCORE, RING_LISTED, N_ACCOUNTS)
-    members = (ring_members.select(RING_ID, *KEYS).distinct().join(rings, RING_ID)
-               .select(*KEYS, RING_ID, F.lit(MEMBER).alias(ATTACHMENT), F.lit(1.0).alias(LINK_STRENGTH),
+    members = (ring_members.select(RING_ID, *KEYS, RING_LINKS).distinct().join(rings, RING_ID)
+               .select(*KEYS, RING_ID, RING_LINKS, F.lit(MEMBER).alias(ATTACHMENT), F.lit(1.0).alias(LINK_STRENGTH),
                        F.lit(None).cast("bigint").alias(RING_ACCOUNTS), F.lit(None).cast("bigint").alias(ACCOUNTS),
                        RING_TYPE, RING_SCORE, RING_LISTED, N_ACCOUNTS))
     strength = (_ratio(c(RING_ACCOUNTS), c(ACCOUNTS))
@@ -756,7 +766,8 @@ def _attachments(ring_members: DataFrame, typed_rings: DataFrame, infrastructure
                                    RING_ACCOUNTS, ACCOUNTS).distinct()
              .join(members.select(*KEYS).distinct(), list(KEYS), "left_anti")
              .join(rings, RING_ID)
-             .select(*KEYS, RING_ID, F.lit(LINK).alias(ATTACHMENT), strength.alias(LINK_STRENGTH),
+             .select(*KEYS, RING_ID, F.lit(None).cast("bigint").alias(RING_LINKS), F.lit(LINK).alias(ATTACHMENT),
+                     strength.alias(LINK_STRENGTH),
                      RING_ACCOUNTS, ACCOUNTS, RING_TYPE, RING_SCORE, RING_LISTED, N_ACCOUNTS))
     pull = F.when(c(ATTACHMENT) == MEMBER, F.lit(w.ring_member)).otherwise(F.lit(w.ring_link)) \
         * c(LINK_STRENGTH) * c(RING_SCORE)
@@ -764,7 +775,7 @@ def _attachments(ring_members: DataFrame, typed_rings: DataFrame, infrastructure
     best = Window.partitionBy(*KEYS).orderBy(F.desc(c(ATTACHMENT) == MEMBER), F.desc("_pull"), RING_ID)
     return (members.unionByName(links).withColumn("_pull", pull)
             .withColumn("_n", F.row_number().over(best)).where(c("_n") == 1)
-            .select(*KEYS, c(RING_ID).alias(ATTACHED_RING), ATTACHMENT, LINK_STRENGTH,
+            .select(*KEYS, c(RING_ID).alias(ATTACHED_RING), ATTACHMENT, LINK_STRENGTH, RING_LINKS,
                     c(RING_ACCOUNTS).alias("link_ring_accounts"), c(ACCOUNTS).alias("link_accounts"),
                     c(RING_TYPE).alias("attached_ring_type"), RING_SCORE, RING_LISTED,
                     c(N_ACCOUNTS).alias("ring_n_accounts"), c("_pull").alias(C_RING)))
@@ -804,7 +815,7 @@ def entity_scores(
     the listed rows. ``ds`` is unused beyond the default cut-off.
     """
     _require(signals, "signals", SIGNALS_REQUIRED)
-    _require(ring_members, "ring_members", MEMBERS_REQUIRED)
+    _require(ring_members, "ring_members", (*MEMBERS_REQUIRED, RING_LINKS))
     _require(typed_rings, "typed rings", TYPED_RING_COLUMNS)
     _require(infrastructure, "ring infrastructure", INFRA_COLUMNS)
     sc, w, c = cfg.scoring, cfg.scoring.weights, F.col
@@ -829,6 +840,7 @@ def entity_scores(
                                        lambda x: -x["k"]))
     df = df.withColumn(SHARED_RING_ACCOUNTS, F.when(c(ATTACHMENT) == MEMBER, F.coalesce(shared_n, F.lit(1))))
     df = df.withColumn(F_RING_SHARED, _ramp(c(SHARED_RING_ACCOUNTS), sc.evidence.ring_shared_accounts))
+    df = df.withColumn(F_RING_TIED, _ramp(F.when(c(ATTACHMENT) == MEMBER, c(RING_LINKS)), sc.evidence.ring_links))
 
     in_listed_ring = F.coalesce(c(RING_LISTED), F.lit(False))
     trusted = (c(LABEL).isin(*FRAUD_LABELS) & c(SOURCE).isin(*sc.trusted_label_sources)
@@ -840,7 +852,8 @@ def entity_scores(
         PROPAGATED_RISK: F.coalesce(c(PROPAGATED_RISK), F.lit(0.0)),
         C_BEHAVIOUR: c(CT_POINTS) + c(MULE_POINTS) + c(BOT_POINTS),
         C_RING: F.coalesce(c(C_RING), F.lit(0.0))
-        + F.lit(w.ring_shared) * c(F_RING_SHARED) * F.coalesce(c(RING_SCORE), F.lit(0.0)),
+        + (F.lit(w.ring_shared) * c(F_RING_SHARED) + F.lit(w.ring_tied) * c(F_RING_TIED))
+        * F.coalesce(c(RING_SCORE), F.lit(0.0)),
         C_LABEL: (F.when(c(LABEL).isin(*FRAUD_LABELS), F.lit(w.fraud_label))
                   .when(c(LABEL) == "legit", F.lit(-w.legit_label)).otherwise(F.lit(0.0))),
     })

@@ -265,13 +265,13 @@ RINGS_SCHEMA = pa.schema(
 MEMBERS_SCHEMA = pa.schema(
     [("ring_id", pa.string()), ("entity_type", pa.string()), ("entity_id", pa.string()),
      ("member_vertex", pa.string()), ("role", pa.string()), ("weighted_degree", pa.float64()),
-     ("net_flow", pa.float64())])
+     ("net_flow", pa.float64()), ("ring_links", pa.int64())])
 
 
 def _rings(run: Path, ds: dt.date) -> None:
     _write([dict(zip(RINGS_SCHEMA.names, r, strict=True)) for r in RINGS[ds]], RINGS_SCHEMA, run / "rings")
     _write([dict(ring_id=r, entity_type=v.split(":", 1)[0], entity_id=v.split(":", 1)[1], member_vertex=v,
-                 role=role, weighted_degree=w, net_flow=f) for r, v, role, w, f in MEMBERS[ds]],
+                 role=role, weighted_degree=w, net_flow=f, ring_links=None) for r, v, role, w, f in MEMBERS[ds]],
            MEMBERS_SCHEMA, run / "ring_members")
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from graph.rings import (
+    COMMUNITY_SCHEMA,
     _merge_fragments,
     _refine_component,
     assign_ring_ids,
@@ -138,13 +139,14 @@ def test_roles_follow_money_flow(spark, config):
     roles = {r["id"]: r["role"] for r in rows}
     assert roles == {"account:a": "sender", "account:b": "sender", "account:c": "collector",
                      "device:d1": "shared_device"}
+    # Ring accounts each vertex is directly linked to: a and b to c, c to both, d1 to the three that used it.
+    links = {r["id"]: r["ring_links"] for r in rows}
+    assert links == {"account:a": 1, "account:b": 1, "account:c": 2, "device:d1": 3}
 
 
 def _communities(spark, groups):
-    rows = [("c", key, v, "member", 1.0, 0.0, len(vs), 1, "louvain") for key, vs in groups.items() for v in vs]
-    return spark.createDataFrame(rows, "component string, community string, id string, role string, "
-                                       "weighted_degree double, net_flow double, n_vertices long, "
-                                       "n_edges long, method string")
+    rows = [("c", key, v, "member", 1.0, 0.0, 1, len(vs), 1, "louvain") for key, vs in groups.items() for v in vs]
+    return spark.createDataFrame(rows, COMMUNITY_SCHEMA)
 
 
 def test_ring_ids_are_stable_across_nights(spark):

@@ -97,10 +97,16 @@ def ring_rows():
     ]
 
 
+# Ring accounts each member is directly linked to: the card ring and the family are cliques,
+# the mule ring a star around its collector mu-1, the big ring a loose mesh.
+RING_LINKS = {**{a: 3 for a in CT + HON}, "mu-1": 4, **{a: 1 for a in MU[1:]},
+              **{a: 1 + i % 4 for i, a in enumerate(BIG)}}
+
+
 def member_rows():
     rows = []
     for ring, accts in (("RCT", CT), ("RMULE", MU), ("RHON", HON), ("RBIG", BIG)):
-        rows += [(ring, "account", a, f"account:{a}", "member", 1.0, 0.0) for a in accts]
+        rows += [(ring, "account", a, f"account:{a}", "member", 1.0, 0.0, RING_LINKS[a]) for a in accts]
     return rows
 
 
@@ -275,6 +281,32 @@ def test_members_on_a_device_of_many_ring_accounts_gain_the_shared_term(spark, c
     assert scores[("device", "d-mu")]["logit"] == pytest.approx(scores0[("device", "d-mu")]["logit"])
 
 
+def test_members_tied_to_several_ring_accounts_gain_the_tied_term(spark, config, inputs, world):
+    _, scores0, _, _ = world
+    lo, hi = config.scoring.evidence.ring_links
+    f = {a: min(max((n - lo) / (hi - lo), 0.0), 1.0) for a, n in RING_LINKS.items()}
+    assert all(scores0[("account", a)]["f_ring_tied"] == pytest.approx(f[a]) for a in f)
+    assert f["mu-1"] == 1.0 and f["mu-2"] == 0.0  # the collector against a one-link sender
+    assert scores0[("device", "d-mu")]["f_ring_tied"] == 0.0  # identifiers are not members
+    weighted = config.model_copy(update={"scoring": config.scoring.model_copy(update={
+        "weights": config.scoring.weights.model_copy(update={
+            "ring_tied": config.scoring.weights.ring_tied + 5.0})})})
+    rings, scores, _, _ = run(spark, config, inputs, labels=[WRONG_LABEL], cfg=weighted)
+    for a in CT + MU + HON + BIG:
+        ring = scores[("account", a)]["attached_ring_id"]
+        gain = 5.0 * f[a] * rings[ring]["ring_score"]
+        assert scores[("account", a)]["logit"] - scores0[("account", a)]["logit"] == pytest.approx(gain), a
+    assert scores[("account", "mu-1")]["logit"] > scores0[("account", "mu-1")]["logit"]
+    assert scores[("account", "mu-2")]["logit"] == pytest.approx(scores0[("account", "mu-2")]["logit"])
+    assert scores[("device", "d-mu")]["logit"] == pytest.approx(scores0[("device", "d-mu")]["logit"])
+
+
+def test_missing_ring_links_is_a_clear_error(spark, config, inputs):
+    old = inputs["ring_members"].drop("ring_links")  # ring_members written before ring_links existed
+    with pytest.raises(SchemaError, match=r"ring_members lacks columns \['ring_links'\]"):
+        SC.score_run(inputs["rings"], old, inputs["edges"], inputs["signals"], labels_df(spark), None, config, DS)
+
+
 def test_lone_bot_device_listed_without_ring(world, config):
     _, scores, risk, _ = world
     row = risk[("device", "d-bot")]
@@ -434,7 +466,7 @@ def test_propagated_risk_raises_score_with_reason(spark, config, inputs, world):
 
 def with_flow(spark, inputs, flow_of):
     """``inputs`` with ``flow_of(ring, account)`` as each member's net_flow (mule-like transfer links)."""
-    members = [(ring, t, e, v, role, wd, flow_of(ring, e)) for ring, t, e, v, role, wd, _ in member_rows()]
+    members = [(ring, t, e, v, role, wd, flow_of(ring, e), n) for ring, t, e, v, role, wd, _, n in member_rows()]
     return {**inputs, "ring_members": spark.createDataFrame(members, SC.RING_MEMBERS_DDL)}
 
 
