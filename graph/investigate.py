@@ -93,7 +93,8 @@ N_ACCOUNTS, N_DEVICES, N_IPS, N_CARDS, N_MERCHANTS, N_EDGES = (
 RING_FIRST_SEEN, RING_LAST_SEEN = "first_seen", "last_seen"
 # ring_members, as graph.rings.ring_tables writes it.
 MEMBER_VERTEX, ROLE, WEIGHTED_DEGREE, NET_FLOW = "member_vertex", "role", "weighted_degree", "net_flow"
-RING_MEMBERS_COLUMNS = (RING_ID, ENTITY_TYPE, ENTITY_ID, MEMBER_VERTEX, ROLE, WEIGHTED_DEGREE, NET_FLOW)
+RING_LINKS = "ring_links"  # ring accounts the member is directly linked to (absent in older runs)
+RING_MEMBERS_COLUMNS = (RING_ID, ENTITY_TYPE, ENTITY_ID, MEMBER_VERTEX, ROLE, WEIGHTED_DEGREE, NET_FLOW, RING_LINKS)
 # risk/ (graph.schema.RISK_SCHEMA).
 SCORE, RING_TYPE, REASONS = "score", "ring_type", "reasons"
 # Derived here.
@@ -463,7 +464,7 @@ def _members(spark: SparkSession, output_root: str, ds: str, ring_id: str, max_r
     type_rank = {t: i for i, t in enumerate(ENTITY_TYPES)}
     pdf = (pdf.assign(_t=pdf[ENTITY_TYPE].map(type_rank)).sort_values(["_t", ENTITY_ID])
            .drop(columns="_t").reset_index(drop=True))
-    cols = [RING_ID, MEMBER_VERTEX, ENTITY_TYPE, ENTITY_ID, ROLE, WEIGHTED_DEGREE, NET_FLOW,
+    cols = [RING_ID, MEMBER_VERTEX, ENTITY_TYPE, ENTITY_ID, ROLE, WEIGHTED_DEGREE, NET_FLOW, RING_LINKS,
             SCORE, LISTED, RING_TYPE, REASONS, SIGNAL_REASONS]
     return pdf[[c for c in cols if c in pdf.columns]]
 

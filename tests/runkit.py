@@ -270,8 +270,11 @@ MEMBERS_SCHEMA = pa.schema(
 
 def _rings(run: Path, ds: dt.date) -> None:
     _write([dict(zip(RINGS_SCHEMA.names, r, strict=True)) for r in RINGS[ds]], RINGS_SCHEMA, run / "rings")
+    # Every ring a clique: an account is linked to the ring's other accounts, an identifier to all of them.
+    n_acc = {r: sum(v.startswith("account:") for r2, v, *_ in MEMBERS[ds] if r2 == r) for r, *_ in MEMBERS[ds]}
     _write([dict(ring_id=r, entity_type=v.split(":", 1)[0], entity_id=v.split(":", 1)[1], member_vertex=v,
-                 role=role, weighted_degree=w, net_flow=f, ring_links=None) for r, v, role, w, f in MEMBERS[ds]],
+                 role=role, weighted_degree=w, net_flow=f, ring_links=n_acc[r] - v.startswith("account:"))
+            for r, v, role, w, f in MEMBERS[ds]],
            MEMBERS_SCHEMA, run / "ring_members")
 
 

@@ -141,6 +141,8 @@ def test_ring_members_roles_scores_and_reasons(spark, root):
         ("account:a-03", "collector", 0.95, True, "mule"),
         ("device:d-1", "shared_device", 0.80, True, "mule"),
     ]
+    assert records(m, ["member_vertex", "ring_links"]) == [
+        ("account:a-01", 2), ("account:a-02", 2), ("account:a-03", 2), ("device:d-1", 3)]
     a03 = m.set_index("member_vertex").loc["account:a-03"]
     assert a03["reasons"] == [MULE_RING, PASS_THROUGH, "labelled mule by investigator"]
     assert a03["signal_reasons"] == [PASS_THROUGH]
