@@ -86,6 +86,9 @@ class RingConf(_Section):
     # A component is split into communities only when their modularity reaches this;
     # below it the component stays one ring (0: always take the communities found).
     min_split_modularity: float = Field(0.3, ge=0.0, le=1.0)
+    # A component linked only by money (every account-to-account link moved money) with at
+    # most this many accounts is one ring, never split: a layering tree (0: split it like any other).
+    money_component_max_accounts: int = Field(50, ge=0)
     # Overlap (Jaccard) needed to carry a ring id over from the previous night.
     id_match_jaccard: float = Field(0.3, ge=0.0, le=1.0)
     # Collections to the driver are allowed only below this many rows.

@@ -20,7 +20,11 @@ at scale (``graph.components``); this module takes them as an
    is below ``rings.min_split_modularity`` the component stays one ring: the
    candidate components are mostly one ring each already, and Louvain's cut of
    a loosely knit ring strands its dormant members (docs/candidates.md,
-   "Splitting components");
+   "Splitting components"). A component of at most
+   ``rings.money_component_max_accounts`` accounts whose account-to-account
+   links all moved money (``flow`` != 0: ``money_forward`` links) is not split
+   at all (method ``money_component``): it is a layering tree, one ring whose
+   fan-out Louvain would cut into branches of three;
 2. gives every community a ring id: a community that overlaps one of the
    previous night's rings with Jaccard ≥ ``rings.id_match_jaccard`` (mutual
    best match) keeps that ring's id and ``first_seen``; a new community gets
@@ -55,7 +59,17 @@ RINGS_COLUMNS = (
 )
 
 
-def _refine_component(pdf: pd.DataFrame, cap: int, min_size: int, min_q: float) -> pd.DataFrame:
+def _money_only(g: nx.Graph, max_accounts: int) -> bool:
+    """True if every account-to-account link moved money and there are at most ``max_accounts`` accounts."""
+    accounts = [v for v in g if v.startswith(ACCOUNT_PREFIX)]
+    if not 0 < len(accounts) <= max_accounts:
+        return False
+    links = [d for u, v, d in g.edges(data=True) if u.startswith(ACCOUNT_PREFIX) and v.startswith(ACCOUNT_PREFIX)]
+    return bool(links) and all(d["money"] for d in links)
+
+
+def _refine_component(pdf: pd.DataFrame, cap: int, min_size: int, min_q: float,
+                      money_max: int) -> pd.DataFrame:
     """Split one component's edges (src, dst, weight, flow) into communities."""
     comp = str(pdf["component"].iloc[0])
     g = nx.Graph()
@@ -63,13 +77,17 @@ def _refine_component(pdf: pd.DataFrame, cap: int, min_size: int, min_q: float) 
     for src, dst, w, f in zip(pdf["src"], pdf["dst"], pdf["weight"], pdf["flow"], strict=True):
         if g.has_edge(src, dst):
             g[src][dst]["weight"] += float(w)
+            g[src][dst]["money"] |= float(f) != 0.0
         else:
-            g.add_edge(src, dst, weight=float(w))
+            g.add_edge(src, dst, weight=float(w), money=float(f) != 0.0)
         # flow > 0 means money moved src -> dst on this edge.
         flow[src] = flow.get(src, 0.0) - float(f)
         flow[dst] = flow.get(dst, 0.0) + float(f)
     n = g.number_of_nodes()
-    if n <= cap:
+    if _money_only(g, money_max):
+        parts = [set(g.nodes)]
+        method = "money_component"
+    elif n <= cap:
         parts = nx.community.louvain_communities(g, weight="weight", seed=LOUVAIN_SEED)
         method = "louvain"
     elif n <= cap * GIANT_FACTOR:
@@ -78,7 +96,7 @@ def _refine_component(pdf: pd.DataFrame, cap: int, min_size: int, min_q: float) 
     else:
         parts = [set(g.nodes)]
         method = "unrefined"
-    if method != "unrefined":
+    if method in ("louvain", "label_propagation"):
         parts = _merge_fragments(g, parts, min_size)
         if len(parts) > 1 and nx.community.modularity(g, parts, weight="weight") < min_q:
             parts = [set(g.nodes)]
@@ -159,8 +177,9 @@ def refine_components(
          .join(comp, "src"))
     r = cfg.rings
     cap, min_size, min_q = r.max_component_for_refinement, r.min_ring_size, r.min_split_modularity
+    money_max = r.money_component_max_accounts
     return e.groupBy("component").applyInPandas(
-        lambda pdf: _refine_component(pdf, cap, min_size, min_q), schema=COMMUNITY_SCHEMA)
+        lambda pdf: _refine_component(pdf, cap, min_size, min_q, money_max), schema=COMMUNITY_SCHEMA)
 
 
 def assign_ring_ids(

@@ -73,9 +73,45 @@ def test_a_layering_chain_is_kept_whole_or_in_pieces_of_ring_size(spark, config)
     chain = [(f"account:m{i}", f"account:m{i + 1}", 3.7, 1000.0 - i) for i in range(5)]
     assert min(map(len, nx.community.louvain_communities(
         _graph(chain), weight="weight", seed=42))) < config.rings.min_ring_size
-    got = refine_components(_components(spark, chain), _edges(spark, chain), config).collect()
+    # With money components split like any other, so the fragment merge is what keeps it.
+    louvain_only = config.model_copy(update={"rings": config.rings.model_copy(
+        update={"money_component_max_accounts": 0})})
+    got = refine_components(_components(spark, chain), _edges(spark, chain), louvain_only).collect()
     assert sorted(r["id"] for r in got) == [f"account:m{i}" for i in range(6)]
     assert min(r["n_vertices"] for r in got) >= config.rings.min_ring_size
+    assert {r["method"] for r in got} == {"louvain"}
+
+
+def _layering_tree() -> list[tuple]:
+    """A collector fans money out to 3 mules, each to 3 more: 13 accounts, money links only."""
+    edges = [("account:t0", f"account:t{i}", 2.5, 40_000.0) for i in (1, 2, 3)]
+    edges += [(f"account:t{i}", f"account:t{i}{j}", 2.5, 12_000.0) for i in (1, 2, 3) for j in (1, 2, 3)]
+    return edges
+
+
+def _refined(edges, money_max, min_q=0.3):
+    pdf = pd.DataFrame(edges, columns=["src", "dst", "weight", "flow"]).assign(component="c")
+    got = _refine_component(pdf, 5000, 3, min_q, money_max)
+    return sorted(sorted(ids) for ids in got.groupby("community")["id"].apply(set)), set(got["method"])
+
+
+def test_a_component_linked_only_by_money_stays_one_ring():
+    tree = _layering_tree()
+    accounts = sorted({v for e in tree for v in e[:2]})
+    # Louvain cuts the tree into its branches, well above the modularity bar.
+    parts = nx.community.louvain_communities(_graph(tree), weight="weight", seed=42)
+    assert len(parts) >= 3 and nx.community.modularity(_graph(tree), parts, weight="weight") > 0.3
+    assert _refined(tree, 50) == ([accounts], {"money_component"})
+    split, method = _refined(tree, 0)
+    assert len(split) >= 3 and method == {"louvain"}
+    # More accounts than the bound: split as before.
+    assert len(_refined(tree, 12)[0]) >= 3
+    # Identifiers attached to the accounts do not count as account links: still one ring.
+    with_device = tree + [("account:t11", "device:d1", 0.4, 0.0), ("account:t12", "device:d1", 0.4, 0.0)]
+    assert _refined(with_device, 50) == ([[*accounts, "device:d1"]], {"money_component"})
+    # One identity link between two accounts (a shared device, no money): Louvain decides again.
+    shared = tree + [("account:t11", "account:t21", 0.8, 0.0)]
+    assert _refined(shared, 50)[1] == {"louvain"} and len(_refined(shared, 50)[0]) >= 3
 
 
 def test_a_split_below_the_modularity_bar_keeps_the_component_whole():
@@ -88,7 +124,7 @@ def test_a_split_below_the_modularity_bar_keeps_the_component_whole():
 
     def communities(edges, min_q):
         pdf = pd.DataFrame(edges, columns=["src", "dst", "weight", "flow"]).assign(component="c")
-        got = _refine_component(pdf, 5000, 3, min_q)
+        got = _refine_component(pdf, 5000, 3, min_q, 0)
         return sorted(sorted(ids) for ids in got.groupby("community")["id"].apply(set))
 
     assert len(communities(dense, 0.0)) >= 2
