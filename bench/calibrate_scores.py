@@ -91,7 +91,7 @@ ENTITY_TERMS = [k for fam in FAMILIES for _, k in fam] + [
     "ring_member", "ring_link", "propagated", "fraud_label", "legit_label", "ring_shared",
     "ring_tied"]
 RING_TERMS = ["density", "shared_infrastructure", "card_testing", "mule", "bot", "money_flow", "propagated",
-              "fraud_labels", "legit_labels"]
+              "fraud_labels", "legit_labels", "money_accounts"]
 PROTECTED = ("payroll_employer", "rent_collector", "cgnat_ip", "office_ip")
 OTHER_CONFOUNDERS = {"device": ("family_device",), "ip": ("cgnat_ip", "office_ip"), "card": ()}
 
@@ -106,7 +106,7 @@ def sigmoid(z):
 class World:
     """One bench work dir and its world: features, truth, and fast arrays for the metrics."""
 
-    def __init__(self, work: str, world: str, ds: str):
+    def __init__(self, work: str, world: str, ds: str, money_ramp: tuple[float, float]):
         self.name = f"{work} ({world})"
         base = Path(work) / "ringfence" / f"ds={ds}"
         e = pd.read_parquet(base / "entity_scores")
@@ -137,6 +137,9 @@ class World:
         if "money_flow_evidence" not in r:
             raise SystemExit(f"{base}/ring_scores has no money_flow_evidence: a bench run from before "
                              "graph/score.py measured money flow against the night's rings; rerun bench_quality.py")
+        # graph/score.py type_rings: money_flow_evidence x ramp(money_flow_accounts) (the ramp is not fitted).
+        lo, hi = money_ramp
+        r["f_money_accounts"] = r.money_flow_evidence * ((r.money_flow_accounts - lo) / (hi - lo)).clip(0.0, 1.0)
         self.e, self.r, self.members = e.reset_index(drop=True), r.reset_index(drop=True), acc[["ring_id", *KEYS]]
         self.etype = self.e.entity_type.to_numpy()
 
@@ -189,7 +192,8 @@ def ring_design(wd: World, w: dict, label_prior: float, unlabelled: bool = False
     lab = 0.0 if unlabelled else 1.0
     return np.column_stack([
         r.density, r.shared_share, ect, emu, r.ring_id.map(mean_bot).fillna(0.0), r.money_flow_evidence,
-        lab * r.mean_propagated, lab * r.n_fraud_labels / den, -lab * r.n_legit_labels / den])
+        lab * r.mean_propagated, lab * r.n_fraud_labels / den, -lab * r.n_legit_labels / den,
+        r.f_money_accounts])
 
 
 def entity_design(wd: World, ring_score: pd.Series, unlabelled: bool = False) -> np.ndarray:
@@ -445,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     worlds = []
     for spec in args.dev:
         work, world = spec.split(":", 1)
-        worlds.append(World(work, world, args.ds))
+        worlds.append(World(work, world, args.ds, cfg.scoring.evidence.money_flow_accounts))
         print(f"loaded {worlds[-1].name}: {len(worlds[-1].e):,} entities, {len(worlds[-1].r):,} rings "
               f"({int(worlds[-1].r.y.sum())} positive)", flush=True)
     if args.check:

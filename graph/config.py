@@ -211,6 +211,8 @@ class EvidenceConf(_Section):
     ring_shared_accounts: Ramp = (4.0, 8.0)
     # Ring members: the ring's accounts it is directly linked to (graph/rings.py ring_links).
     ring_links: Ramp = (1.0, 2.0)
+    # Rings: accounts on mule-like transfer links (graph/score.py money_flow_accounts).
+    money_flow_accounts: Ramp = (3.0, 6.0)
 
 
 class EntityWeights(_Section):
@@ -254,6 +256,9 @@ class RingScoreConf(_Section):
     # keep a night with few rings from making every money-flow ring look common (not fitted).
     money_flow: float = Field(4.152, ge=0.0)
     money_flow_prior: float = Field(100.0, ge=0.0)
+    # x money_flow_evidence x ramp(money_flow_accounts, evidence.money_flow_accounts): many ring
+    # accounts on mule-like transfer links, on a night where such links are rare.
+    money_accounts: float = Field(0.0, ge=0.0)
     propagated: float = Field(5.357, ge=0.0)
     fraud_labels: float = Field(13.484, ge=0.0)
     legit_labels: float = Field(2.694, ge=0.0)

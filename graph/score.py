@@ -65,6 +65,7 @@ sum of the ct weights; the fitted ct_merchants_per_card is 0, so at 1). With
     z_ring = r.bias + r.density x density + r.shared_infrastructure x shared_share
            + r.card_testing x E_ct + r.mule x E_mule + r.bot x E_bot
            + r.money_flow x money_flow_evidence
+           + r.money_accounts x money_flow_evidence x ramp(money_flow_accounts)
            + r.propagated x mean propagated risk of the ring's accounts
            + r.fraud_labels x n_fraud / (size + r.label_prior)
            - r.legit_labels x n_legit / (size + r.label_prior)
@@ -84,6 +85,12 @@ testing ring or a household sharing a device has none. The score uses
 hours too (AMLSim's simulated bank), every ring built from money links has a
 share of 1 and the share alone would list every one of them; there the
 evidence falls towards 0 and only labels, behaviour and propagated risk count.
+``f_money_accounts = money_flow_evidence x ramp(money_flow_accounts,
+scoring.evidence.money_flow_accounts)`` adds the ring's size in money: a
+layering tree moves the money of many accounts (each hop once, so little
+behaviour per member), while honest pairs that pass money on are two or three
+accounts. It is scaled by the same evidence, so it fades where passing money
+on is ordinary.
 ``n_fraud`` /
 ``n_legit`` count members whose latest usable label is fraud/mule/card_testing
 / legit; the prior in the denominator is why one wrong label cannot taint a
@@ -259,6 +266,7 @@ MEAN_BOT = "mean_bot_evidence"
 PASS_ACCOUNTS, BOT_ACCOUNTS = "pass_through_accounts", "bot_accounts"
 MEAN_PROPAGATED = "mean_propagated"
 MONEY_FLOW_ACCOUNTS, MONEY_FLOW_SHARE = "money_flow_accounts", "money_flow_share"
+F_MONEY_ACCOUNTS = "f_money_accounts"  # money_flow_evidence x ramp(money_flow_accounts)
 MONEY_FLOW_EVIDENCE = "money_flow_evidence"
 MONEY_FLOW_BINS = 1000  # money_flow_share is ranked in bins of 0.001
 N_FRAUD_LABELS, N_LEGIT_LABELS = "n_fraud_labels", "n_legit_labels"
@@ -718,9 +726,11 @@ def type_rings(features: DataFrame, cfg: RingfenceConfig) -> DataFrame:
     _require(features, "ring features", (RING_ID, SIZE, N_ACCOUNTS, DENSITY, SHARED_SHARE, CT_EVIDENCE,
                                          MULE_EVIDENCE, BOT_EVIDENCE, MEAN_PROPAGATED, N_FRAUD_LABELS,
                                          N_LEGIT_LABELS, N_MULE_LABELS, N_CT_LABELS, MONEY_FLOW_SHARE,
-                                         MONEY_FLOW_EVIDENCE))
+                                         MONEY_FLOW_EVIDENCE, MONEY_FLOW_ACCOUNTS))
     r, c = cfg.scoring.ring, F.col
     denom = c(SIZE).cast("double") + F.lit(r.label_prior)
+    features = features.withColumn(F_MONEY_ACCOUNTS, c(MONEY_FLOW_EVIDENCE) * _ramp(
+        c(MONEY_FLOW_ACCOUNTS), cfg.scoring.evidence.money_flow_accounts))
 
     def share(n: str) -> Column:
         return F.coalesce(_ratio(c(n), denom), F.lit(0.0))
@@ -728,6 +738,7 @@ def type_rings(features: DataFrame, cfg: RingfenceConfig) -> DataFrame:
     z = (F.lit(r.bias) + F.lit(r.density) * c(DENSITY) + F.lit(r.shared_infrastructure) * c(SHARED_SHARE)
          + F.lit(r.card_testing) * c(CT_EVIDENCE) + F.lit(r.mule) * c(MULE_EVIDENCE)
          + F.lit(r.bot) * c(BOT_EVIDENCE) + F.lit(r.money_flow) * c(MONEY_FLOW_EVIDENCE)
+         + F.lit(r.money_accounts) * c(F_MONEY_ACCOUNTS)
          + F.lit(r.propagated) * c(MEAN_PROPAGATED)
          + F.lit(r.fraud_labels) * share(N_FRAUD_LABELS) - F.lit(r.legit_labels) * share(N_LEGIT_LABELS))
     ring_type = _type_vote(c(CT_EVIDENCE) + share(N_CT_LABELS),

@@ -491,8 +491,19 @@ def test_money_flow_raises_ring_score_and_votes_mule(spark, config, inputs, worl
     prior = config.scoring.ring.money_flow_prior
     evidence = (RING_ACCOUNTS_TONIGHT - len(HON) + prior) / (RING_ACCOUNTS_TONIGHT + prior)
     assert r1["money_flow_evidence"] == pytest.approx(evidence, abs=1e-12)
-    assert r1["ring_logit"] - r0["ring_logit"] == pytest.approx(config.scoring.ring.money_flow * evidence,
-                                                               abs=1e-9)
+    # Four accounts on money links, on the ramp of scoring.evidence.money_flow_accounts.
+    lo, hi = config.scoring.evidence.money_flow_accounts
+    f_accounts = evidence * min(max((4 - lo) / (hi - lo), 0.0), 1.0)
+    assert r1["f_money_accounts"] == pytest.approx(f_accounts, abs=1e-12) and r0["f_money_accounts"] == 0.0
+    r = config.scoring.ring
+    assert r1["ring_logit"] - r0["ring_logit"] == pytest.approx(r.money_flow * evidence
+                                                               + r.money_accounts * f_accounts, abs=1e-9)
+    # The money-accounts weight moves the ring logit by exactly weight x f_money_accounts.
+    heavier = config.model_copy(update={"scoring": config.scoring.model_copy(update={
+        "ring": r.model_copy(update={"money_accounts": r.money_accounts + 5.0})})})
+    rings2, _, _, _ = run(spark, config, flowing, labels=[WRONG_LABEL], cfg=heavier)
+    assert rings2["RHON"]["ring_logit"] - r1["ring_logit"] == pytest.approx(5.0 * f_accounts, abs=1e-9)
+    assert 0 < f_accounts < evidence  # four is inside the ramp
     # No mule or card-testing behaviour: the money flow alone makes the vote.
     assert r0["ring_type"] == "unknown" and r1["ring_type"] == "mule"
     assert (f"4 of 4 ring accounts sent or received mule-like transfers (fresh money passed on within 48 h), "
