@@ -96,7 +96,7 @@ on is ordinary.
 / legit; the prior in the denominator is why one wrong label cannot taint a
 big community. Structure alone (a family sharing devices: density 1, every
 account sharing) reaches ``sigmoid(r.bias + r.density + r.shared_infrastructure)``,
-0.002 with the fitted weights, far below ``r.threshold``: rings are listed for
+0.0009 with the fitted weights, far below ``r.threshold``: rings are listed for
 behaviour, money flow, labels or propagated risk, never for being tight.
 
 Ring type: ``v_ct = E_ct + n_ct_labels / (size + label_prior)`` and
@@ -139,7 +139,7 @@ friend pulled into a ring is typically tied to it by one: a shared family
 device, or one transfer.
 
 Meaning: ``score`` is a monotone estimate of the probability that the entity
-takes part in fraud; ``w.bias`` is the log-odds with no evidence (0.0004 with
+takes part in fraud; ``w.bias`` is the log-odds with no evidence (0.0002 with
 the fitted weights) and each term is the log-odds the evidence adds. Every
 weight but the bias is >= 0 (enforced by the config), so more fraud evidence
 never lowers a score and a legit label never raises it. A labelled entity is a

@@ -413,7 +413,14 @@ def test_usable_labels_latest_before_cutoff_wins(spark):
 
 def test_scores_monotone_in_evidence(spark, config):
     """Lone devices with more (or more often declined) attempts, and accounts with more propagated
-    risk or a fraud label, never score lower; a legit label never scores higher."""
+    risk or a fraud label, never score lower; a legit label never scores higher.
+
+    Compared on the logit: these devices' scores round to the same double near 1. The decline
+    weight is set to 1 here: the fit may leave it at 0 (decline rate is collinear with the tiny
+    share in the generated worlds), and then the rate would not move the score at all."""
+    config = config.model_copy(update={"scoring": config.scoring.model_copy(update={
+        "weights": config.scoring.weights.model_copy(update={
+            "ct_decline": max(config.scoring.weights.ct_decline, 1.0)})})})
     rates = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     volumes = [1, 5, 20, 80, 320]
     rows = [card_tester("device", f"rate-{i}", 50, r, 5) for i, r in enumerate(rates)]
@@ -427,11 +434,12 @@ def test_scores_monotone_in_evidence(spark, config):
     infra = SC.ring_infrastructure(SC.empty_ring_members(spark), spark.createDataFrame([], EDGES_DDL))
     typed = SC.type_rings(SC.ring_features(SC.empty_rings(spark), SC.empty_ring_members(spark), infra, signals,
                                            labels, SC.label_cutoff(DS), config, propagated), config)
-    scores = {r["entity_id"]: r["score"] for r in SC.entity_scores(
-        signals, SC.empty_ring_members(spark), typed, infra, labels, propagated, config, DS).collect()}
+    rows = SC.entity_scores(signals, SC.empty_ring_members(spark), typed, infra, labels, propagated,
+                            config, DS).collect()
+    assert all(0.0 <= r["score"] <= 1.0 for r in rows)
+    scores = {r["entity_id"]: r["logit"] for r in rows}
     by_rate = [scores[f"rate-{i}"] for i in range(len(rates))]
     by_volume = [scores[f"vol-{i}"] for i in range(len(volumes))]
-    assert all(0.0 <= s <= 1.0 for s in scores.values())
     assert by_rate == sorted(by_rate) and by_rate[-1] > by_rate[0]
     assert by_volume == sorted(by_volume) and by_volume[-1] > by_volume[0]
     # Strictly inside the decline-rate ramp [0.2, 0.8].
@@ -439,8 +447,7 @@ def test_scores_monotone_in_evidence(spark, config):
     assert scores["acct-0"] < scores["acct-1"] < scores["acct-2"]
     assert scores["acct-4"] < scores["acct-0"] < scores["acct-3"]
     # The two extreme propagated accounts differ by exactly the propagated weight in log-odds.
-    logit = [math.log(scores[f"acct-{i}"] / (1 - scores[f"acct-{i}"])) for i in (0, 2)]
-    assert logit[1] - logit[0] == pytest.approx(config.scoring.weights.propagated, abs=1e-9)
+    assert scores["acct-2"] - scores["acct-0"] == pytest.approx(config.scoring.weights.propagated, abs=1e-9)
 
 
 def test_propagated_risk_raises_score_with_reason(spark, config, inputs, world):
@@ -450,14 +457,18 @@ def test_propagated_risk_raises_score_with_reason(spark, config, inputs, world):
     assert scores1[("account", "h-2")]["score"] > scores0[("account", "h-2")]["score"]
     assert rings1["RHON"]["mean_propagated"] == pytest.approx(0.9 / 4)
     w = config.scoring.weights
-    z = w.bias + w.ring_member * rings1["RHON"]["ring_score"] + w.propagated * 0.9
+    # The family of four is a clique, so h-2 is tied to three ring accounts (f_ring_tied 1).
+    tied = scores1[("account", "h-2")]["f_ring_tied"]
+    assert tied == 1.0
+    z = w.bias + (w.ring_member + w.ring_tied * tied) * rings1["RHON"]["ring_score"] + w.propagated * 0.9
     assert scores1[("account", "h-2")]["score"] == pytest.approx(1 / (1 + math.exp(-z)), abs=1e-9)
     # With the fitted weights propagated risk alone does not list; it does under a low enough threshold,
     # outside any ring, with the propagated risk as its reason.
     assert ("account", "h-2") not in risk1
     assert scores1[("account", "h-2")]["reasons"] == ["propagated risk 0.90 from labelled entities nearby in the graph"]
+    half = scores1[("account", "h-2")]["score"] / 2
     low = config.model_copy(update={"scoring": config.scoring.model_copy(update={
-        "thresholds": {**config.scoring.thresholds, "account": 0.001}, "lone_min_score": 0.001})})
+        "thresholds": {**config.scoring.thresholds, "account": half}, "lone_min_score": half})})
     _, _, risk2, _ = run(spark, config, inputs, labels=[WRONG_LABEL], propagated=propagated, cfg=low)
     row = risk2[("account", "h-2")]
     assert row["ring_id"] is None
