@@ -258,6 +258,26 @@ def test_investigator_label_lists_the_entity_alone_not_its_community(spark, conf
     assert ("account", "b-07") not in risk_untrusting
 
 
+def ramp(n: float, bounds: tuple[float, float]) -> float:
+    lo, hi = bounds
+    return min(max((n - lo) / (hi - lo), 0.0), 1.0)
+
+
+def assert_member_term(spark, config, inputs, scores0, weight: str, f: dict[str, float]) -> dict:
+    """Raising ``weight`` by 5 moves each member's c_ring and logit by exactly 5 x f x its ring score,
+    and never a device's; returns the raised run's entity scores."""
+    weighted = config.model_copy(update={"scoring": config.scoring.model_copy(update={
+        "weights": config.scoring.weights.model_copy(update={
+            weight: getattr(config.scoring.weights, weight) + 5.0})})})
+    rings, scores, _, _ = run(spark, config, inputs, labels=[WRONG_LABEL], cfg=weighted)
+    for a in CT + MU + HON + BIG:
+        gain = 5.0 * f[a] * rings[scores[("account", a)]["attached_ring_id"]]["ring_score"]
+        assert scores[("account", a)]["c_ring"] - scores0[("account", a)]["c_ring"] == pytest.approx(gain), a
+        assert scores[("account", a)]["logit"] - scores0[("account", a)]["logit"] == pytest.approx(gain), a
+    assert scores[("device", "d-mu")]["logit"] == pytest.approx(scores0[("device", "d-mu")]["logit"])
+    return scores
+
+
 def test_members_on_a_device_of_many_ring_accounts_gain_the_shared_term(spark, config, inputs, world):
     _, scores0, _, _ = world
     # Most ring accounts (itself included) on one device/IP/card a member used; members only.
@@ -265,37 +285,20 @@ def test_members_on_a_device_of_many_ring_accounts_gain_the_shared_term(spark, c
     assert {shared[a] for a in CT} == {4} and {shared[a] for a in MU} == {5}
     assert {shared[a] for a in HON} == {4} and {shared[a] for a in BIG} == {1}
     assert scores0[("device", "d-mu")]["shared_ring_accounts"] is None
-    lo, hi = config.scoring.evidence.ring_shared_accounts
-    f = {a: min(max((n - lo) / (hi - lo), 0.0), 1.0) for a, n in shared.items()}
+    f = {a: ramp(n, config.scoring.evidence.ring_shared_accounts) for a, n in shared.items()}
     assert all(scores0[("account", a)]["f_ring_shared"] == pytest.approx(f[a]) for a in f)
     assert f["mu-1"] > 0 and f["h-1"] == 0.0  # five on the mule device, a family of four on theirs
-    weighted = config.model_copy(update={"scoring": config.scoring.model_copy(update={
-        "weights": config.scoring.weights.model_copy(update={
-            "ring_shared": config.scoring.weights.ring_shared + 5.0})})})
-    rings, scores, _, _ = run(spark, config, inputs, labels=[WRONG_LABEL], cfg=weighted)
-    for a in CT + MU + HON + BIG:
-        ring = scores[("account", a)]["attached_ring_id"]
-        gain = 5.0 * f[a] * rings[ring]["ring_score"]
-        assert scores[("account", a)]["c_ring"] - scores0[("account", a)]["c_ring"] == pytest.approx(gain), a
-        assert scores[("account", a)]["logit"] - scores0[("account", a)]["logit"] == pytest.approx(gain), a
-    assert scores[("device", "d-mu")]["logit"] == pytest.approx(scores0[("device", "d-mu")]["logit"])
+    scores = assert_member_term(spark, config, inputs, scores0, "ring_shared", f)
+    assert scores[("account", "mu-1")]["logit"] > scores0[("account", "mu-1")]["logit"]
 
 
 def test_members_tied_to_several_ring_accounts_gain_the_tied_term(spark, config, inputs, world):
     _, scores0, _, _ = world
-    lo, hi = config.scoring.evidence.ring_links
-    f = {a: min(max((n - lo) / (hi - lo), 0.0), 1.0) for a, n in RING_LINKS.items()}
+    f = {a: ramp(n, config.scoring.evidence.ring_links) for a, n in RING_LINKS.items()}
     assert all(scores0[("account", a)]["f_ring_tied"] == pytest.approx(f[a]) for a in f)
     assert f["mu-1"] == 1.0 and f["mu-2"] == 0.0  # the collector against a one-link sender
     assert scores0[("device", "d-mu")]["f_ring_tied"] == 0.0  # identifiers are not members
-    weighted = config.model_copy(update={"scoring": config.scoring.model_copy(update={
-        "weights": config.scoring.weights.model_copy(update={
-            "ring_tied": config.scoring.weights.ring_tied + 5.0})})})
-    rings, scores, _, _ = run(spark, config, inputs, labels=[WRONG_LABEL], cfg=weighted)
-    for a in CT + MU + HON + BIG:
-        ring = scores[("account", a)]["attached_ring_id"]
-        gain = 5.0 * f[a] * rings[ring]["ring_score"]
-        assert scores[("account", a)]["logit"] - scores0[("account", a)]["logit"] == pytest.approx(gain), a
+    scores = assert_member_term(spark, config, inputs, scores0, "ring_tied", f)
     assert scores[("account", "mu-1")]["logit"] > scores0[("account", "mu-1")]["logit"]
     assert scores[("account", "mu-2")]["logit"] == pytest.approx(scores0[("account", "mu-2")]["logit"])
     assert scores[("device", "d-mu")]["logit"] == pytest.approx(scores0[("device", "d-mu")]["logit"])
@@ -503,8 +506,7 @@ def test_money_flow_raises_ring_score_and_votes_mule(spark, config, inputs, worl
     evidence = (RING_ACCOUNTS_TONIGHT - len(HON) + prior) / (RING_ACCOUNTS_TONIGHT + prior)
     assert r1["money_flow_evidence"] == pytest.approx(evidence, abs=1e-12)
     # Four accounts on money links, on the ramp of scoring.evidence.money_flow_accounts.
-    lo, hi = config.scoring.evidence.money_flow_accounts
-    f_accounts = evidence * min(max((4 - lo) / (hi - lo), 0.0), 1.0)
+    f_accounts = evidence * ramp(4, config.scoring.evidence.money_flow_accounts)
     assert r1["f_money_accounts"] == pytest.approx(f_accounts, abs=1e-12) and r0["f_money_accounts"] == 0.0
     r = config.scoring.ring
     assert r1["ring_logit"] - r0["ring_logit"] == pytest.approx(r.money_flow * evidence
