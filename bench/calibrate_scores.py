@@ -246,6 +246,8 @@ class Scored:
         self.trusted = (e.label.isin(FRAUD) & e.source.isin(p.get("trusted_label_sources") or [])).to_numpy()
         score = sigmoid(z.to_numpy(float))
         self.score = np.where(self.trusted, np.maximum(score, p.get("trusted_label_score", 1.0)), score)
+        # A legit label from a trusted source: cleared, never listed (graph/score.py).
+        self.cleared = ((e.label == "legit") & e.source.isin(p.get("trusted_label_sources") or [])).to_numpy()
         self.ring_score = rs.fillna(-1.0).to_numpy()   # -1: attached to no ring
         self.ring_type = e.attached_ring_id.map(by_id.type).fillna("unknown").to_numpy()
         self.own_type = np.where(e.label.isin(["mule", "card_testing"]), e.label, own_type)
@@ -254,7 +256,7 @@ class Scored:
     def listing(self, ring_threshold: float, thresholds: dict, lone_min: float):
         in_listed = self.ring_score >= ring_threshold
         th = np.select([self.etype == t for t in thresholds], list(thresholds.values()), 1.0)
-        listed = (self.score >= np.where(in_listed, th, np.maximum(th, lone_min))) | self.trusted
+        listed = ((self.score >= np.where(in_listed, th, np.maximum(th, lone_min))) & ~self.cleared) | self.trusted
         return listed, np.where(in_listed, self.ring_type, self.own_type)
 
 

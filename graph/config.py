@@ -313,6 +313,7 @@ class ScoringConf(_Section):
     # A fraud/mule/card_testing label from one of these sources, latest usable before the cut-off, lists
     # the entity on its own with at least trusted_label_score (a confirmed case: online scorers expect it).
     # Labels from other sources (customer reports, chargebacks) are evidence only: they can be wrong.
+    # A legit label from one of these sources clears the entity: it is not listed, whatever its score.
     trusted_label_sources: list[str] = Field(default_factory=lambda: ["investigator"])
     trusted_label_score: float = Field(0.99, ge=0.0, le=1.0)
     # Propagated risk below this is not given as a reason.

@@ -151,7 +151,13 @@ victims make these wrong now and then) lists an entity together with its ring
 or its own behaviour, not on its own. A label from one of
 ``scoring.trusted_label_sources`` (investigator by default) is a confirmed
 case: ``score = max(score, scoring.trusted_label_score)`` and the entity is
-listed whatever its ring, with the label as a reason.
+listed whatever its ring, with the label as a reason. Symmetrically, an
+entity whose latest usable label is ``legit`` from a trusted source was
+cleared by an investigator and is not listed, whatever its score: online
+systems must not block a customer the fraud team cleared (a landlord whose
+tenant pays rent with a mule's money stays in that ring's component). Its
+score and reasons stay in ``entity_scores``; a later fraud label lists it
+again.
 
 Calibration: the weights here and of the ring score, the thresholds and the
 type parameters in conf/default.yaml are fitted by bench/calibrate_scores.py
@@ -857,6 +863,10 @@ def entity_scores(
     trusted = (c(LABEL).isin(*FRAUD_LABELS) & c(SOURCE).isin(*sc.trusted_label_sources)
                if sc.trusted_label_sources else F.lit(False))
     trusted = F.coalesce(trusted, F.lit(False))
+    # Cleared: an investigator (a trusted source) found the entity legit, and no later label says otherwise.
+    cleared = (F.coalesce(c(LABEL) == "legit", F.lit(False)) & c(SOURCE).isin(*sc.trusted_label_sources)
+               if sc.trusted_label_sources else F.lit(False))
+    cleared = F.coalesce(cleared, F.lit(False))
     own_type = (F.when(c(LABEL).isin("mule", "card_testing"), c(LABEL)).otherwise(c(EVIDENCE_TYPE)))
     type_threshold = F.create_map(*[x for t, v in sorted(sc.thresholds.items()) for x in (F.lit(t), F.lit(v))])
     df = df.withColumns({
@@ -878,7 +888,7 @@ def entity_scores(
         RING_ID: F.when(in_listed_ring, c(ATTACHED_RING)),
         RING_TYPE: F.when(in_listed_ring, c("attached_ring_type")).otherwise(own_type),
     })
-    df = df.withColumn(LISTED, F.coalesce(c(SCORE) >= c(THRESHOLD), F.lit(False)) | trusted)
+    df = df.withColumn(LISTED, (F.coalesce(c(SCORE) >= c(THRESHOLD), F.lit(False)) & ~cleared) | trusted)
     return df.withColumn(REASONS, _entity_reasons(cfg, in_listed_ring))
 
 

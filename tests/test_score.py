@@ -310,6 +310,26 @@ def test_missing_ring_links_is_a_clear_error(spark, config, inputs):
         SC.score_run(inputs["rings"], old, inputs["edges"], inputs["signals"], labels_df(spark), None, config, DS)
 
 
+def test_an_entity_cleared_by_an_investigator_is_not_listed(spark, config, inputs, world):
+    _, scores0, risk0, _ = world
+    assert ("account", "ct-1") in risk0 and scores0[("account", "ct-1")]["score"] > 0.99
+    cleared = ("account", "ct-1", "legit", ts(2026, 11, 10), "investigator")
+    _, scores, risk, _ = run(spark, config, inputs, labels=[WRONG_LABEL, cleared])
+    assert ("account", "ct-1") not in risk
+    # The score is kept (only the legit-label term moves it), for review; its ring is still listed.
+    row = scores[("account", "ct-1")]
+    assert row["logit"] == pytest.approx(scores0[("account", "ct-1")]["logit"] - config.scoring.weights.legit_label)
+    assert not row["listed"] and "labelled legit by investigator on 2026-11-10" in row["reasons"]
+    assert all(k in risk for k in [("account", a) for a in CT[1:]] + [("device", "d-ct")])
+    # The same label from a customer report is evidence only; a later fraud label overrides the clearing.
+    reported = ("account", "ct-1", "legit", ts(2026, 11, 10), "customer_report")
+    _, _, risk2, _ = run(spark, config, inputs, labels=[WRONG_LABEL, reported])
+    assert ("account", "ct-1") in risk2
+    later = ("account", "ct-1", "card_testing", ts(2026, 11, 20), "chargeback")
+    _, _, risk3, _ = run(spark, config, inputs, labels=[WRONG_LABEL, cleared, later])
+    assert ("account", "ct-1") in risk3
+
+
 def test_lone_bot_device_listed_without_ring(world, config):
     _, scores, risk, _ = world
     row = risk[("device", "d-bot")]
