@@ -70,8 +70,14 @@ def _money_only(g: nx.Graph, max_accounts: int) -> bool:
 
 def _refine_component(pdf: pd.DataFrame, cap: int, min_size: int, min_q: float,
                       money_max: int) -> pd.DataFrame:
-    """Split one component's edges (src, dst, weight, flow) into communities."""
+    """Split one component's edges (src, dst, weight, flow) into communities.
+
+    The rows arrive in whatever order the shuffle delivered them, and Louvain's
+    result depends on the order vertices and edges enter the graph even with a
+    fixed seed; sorting first makes a rerun of the same night give the same rings.
+    """
     comp = str(pdf["component"].iloc[0])
+    pdf = pdf.sort_values(["src", "dst", "weight", "flow"], kind="stable")
     g = nx.Graph()
     flow: dict[str, float] = {}
     for src, dst, w, f in zip(pdf["src"], pdf["dst"], pdf["weight"], pdf["flow"], strict=True):

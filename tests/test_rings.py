@@ -9,6 +9,7 @@ import datetime as dt
 import itertools
 
 import networkx as nx
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -80,6 +81,23 @@ def test_a_layering_chain_is_kept_whole_or_in_pieces_of_ring_size(spark, config)
     assert sorted(r["id"] for r in got) == [f"account:m{i}" for i in range(6)]
     assert min(r["n_vertices"] for r in got) >= config.rings.min_ring_size
     assert {r["method"] for r in got} == {"louvain"}
+
+
+def test_communities_do_not_depend_on_the_order_rows_arrive_in():
+    # A loosely knit group Louvain can cut several ways: which cut it finds depends on the order the
+    # edges enter the graph (asserted), so refinement must not depend on the order of its input rows.
+    g = nx.relabel_nodes(nx.gnp_random_graph(30, 0.15, seed=3), lambda i: f"account:o{i:02d}")
+    edges = [(a, b, 1.0, 0.0) for a, b in g.edges]
+    orders = [edges] + [[edges[i] for i in np.random.default_rng(s).permutation(len(edges))] for s in range(8)]
+    louvain = {frozenset(map(frozenset, nx.community.louvain_communities(_graph(o), weight="weight", seed=42)))
+               for o in orders}
+    assert len(louvain) > 1
+    got = set()
+    for o in orders:
+        pdf = pd.DataFrame(o, columns=["src", "dst", "weight", "flow"]).assign(component="c")
+        out = _refine_component(pdf, 5000, 3, 0.0, 0)
+        got.add(frozenset(frozenset(v) for v in out.groupby("community")["id"].apply(set)))
+    assert len(got) == 1
 
 
 def _layering_tree() -> list[tuple]:
