@@ -243,11 +243,12 @@ class Scored:
                                    * rs.fillna(0.0), 0.0)
         z = w["bias"] + ct_pts + mu_pts + bo_pts + c_ring + w["propagated"] * e.propagated_risk.fillna(0.0) + c_label
         # A fraud label from a trusted source lists the entity with at least trusted_label_score (graph/score.py).
-        self.trusted = (e.label.isin(FRAUD) & e.source.isin(p.get("trusted_label_sources") or [])).to_numpy()
+        from_trusted = e.source.isin(p.get("trusted_label_sources") or [])
+        self.trusted = (e.label.isin(FRAUD) & from_trusted).to_numpy()
         score = sigmoid(z.to_numpy(float))
         self.score = np.where(self.trusted, np.maximum(score, p.get("trusted_label_score", 1.0)), score)
         # A legit label from a trusted source: cleared, never listed (graph/score.py).
-        self.cleared = ((e.label == "legit") & e.source.isin(p.get("trusted_label_sources") or [])).to_numpy()
+        self.cleared = ((e.label == "legit") & from_trusted).to_numpy()
         self.ring_score = rs.fillna(-1.0).to_numpy()   # -1: attached to no ring
         self.ring_type = e.attached_ring_id.map(by_id.type).fillna("unknown").to_numpy()
         self.own_type = np.where(e.label.isin(["mule", "card_testing"]), e.label, own_type)

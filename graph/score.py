@@ -860,13 +860,10 @@ def entity_scores(
     df = df.withColumn(F_RING_TIED, _ramp(F.when(c(ATTACHMENT) == MEMBER, c(RING_LINKS)), sc.evidence.ring_links))
 
     in_listed_ring = F.coalesce(c(RING_LISTED), F.lit(False))
-    trusted = (c(LABEL).isin(*FRAUD_LABELS) & c(SOURCE).isin(*sc.trusted_label_sources)
-               if sc.trusted_label_sources else F.lit(False))
-    trusted = F.coalesce(trusted, F.lit(False))
+    from_trusted = c(SOURCE).isin(*sc.trusted_label_sources) if sc.trusted_label_sources else F.lit(False)
+    trusted = F.coalesce(c(LABEL).isin(*FRAUD_LABELS) & from_trusted, F.lit(False))
     # Cleared: an investigator (a trusted source) found the entity legit, and no later label says otherwise.
-    cleared = (F.coalesce(c(LABEL) == "legit", F.lit(False)) & c(SOURCE).isin(*sc.trusted_label_sources)
-               if sc.trusted_label_sources else F.lit(False))
-    cleared = F.coalesce(cleared, F.lit(False))
+    cleared = F.coalesce((c(LABEL) == "legit") & from_trusted, F.lit(False))
     own_type = (F.when(c(LABEL).isin("mule", "card_testing"), c(LABEL)).otherwise(c(EVIDENCE_TYPE)))
     type_threshold = F.create_map(*[x for t, v in sorted(sc.thresholds.items()) for x in (F.lit(t), F.lit(v))])
     df = df.withColumns({
