@@ -30,6 +30,14 @@ Link rules (``rule`` column; one ``links`` row per considered account pair and
     through its device anyway). Co-use of an IP within an hour or a day was
     measured too: it loses mule rings, whose members use their proxies at
     unrelated times.
+``ip_exit``
+    The two share a non-hub IP that is a group's proxy exit: at least
+    ``candidates.ip_exit_min_accounts`` of its accounts, and at least
+    ``candidates.ip_exit_min_share`` of all of them, have a kept
+    ``ip_footprint`` link through it. A ring member who went through the
+    ring's proxy once shares one IP with each mate and fails the footprint
+    rule; here it joins them. A hotspot or an office, where most users share
+    nothing else, is no exit; two couples meeting at a café are too few.
 ``money_forward``
     Transfers between the two (either direction), at least one of them
     *mule-like*. Transfer ``a -> b`` of amount ``x`` at time ``t`` is
@@ -131,7 +139,7 @@ from graph.build import (
     IdentityGraph,
     vertex_id,
 )
-from graph.config import RingfenceConfig
+from graph.config import CandidateConf, RingfenceConfig
 from graph.errors import SchemaError
 from graph.hubs import (
     DEGREE,
@@ -163,6 +171,7 @@ MONEY_FORWARD = "money_forward"
 LINKING_IDENTIFIER = "linking_identifier"
 TEST_CARD = "test_card"
 BOT_DEVICE = "bot_device"
+IP_EXIT = "ip_exit"
 IDENTIFIER_RULE = {DEVICE: SHARED_DEVICE, CARD: SHARED_CARD, MERCHANT: TINY_MERCHANT, IP: IP_FOOTPRINT}
 
 # Edge kinds.
@@ -277,12 +286,18 @@ def _identifier_links(cfg: RingfenceConfig, inc: DataFrame) -> DataFrame:
                                        / (F.col("_na") + F.col("_nb") - F.col(SHARED_COUNT))))
     )
     ip_ok = (F.col(SHARED_COUNT) >= c.ip_min_shared) & (F.col("_jaccard") >= c.ip_min_jaccard)
-    rule = F.lit(None).cast("string")
+    pairs = _with_exit(c, inc, pairs.withColumn("_ip_ok", is_ip & ip_ok))
+    by_exit = is_ip & ~F.col("_ip_ok") & F.col("_exit").isNotNull()
+    rule = F.when(by_exit, F.lit(IP_EXIT))
     for kind, name in IDENTIFIER_RULE.items():
-        rule = F.when(F.col(VIA_TYPE) == kind, F.lit(name)).otherwise(rule)
+        rule = rule.when(F.col(VIA_TYPE) == kind, F.lit(name))
     noun = F.when(is_ip, F.lit("IP")).otherwise(F.col(VIA_TYPE))
     reason = (
-        F.when(is_ip, F.format_string(
+        F.when(by_exit, F.format_string(
+            "shares %s, a proxy exit: %d of its %d accounts have footprint links through it "
+            "(an exit needs >= %d and >= %d%%)", F.col("_exit"), F.col("_exit_fp"), F.col("_exit_k"),
+            F.lit(c.ip_exit_min_accounts), F.lit(round(c.ip_exit_min_share * 100))))
+        .when(is_ip, F.format_string(
             "%d shared non-hub IP(s) of %d and %d used (Jaccard %.2f); an IP link needs >= %d shared "
             "and Jaccard >= %.2f", F.col(SHARED_COUNT), F.col("_na"), F.col("_nb"), F.col("_jaccard"),
             F.lit(c.ip_min_shared), F.lit(float(c.ip_min_jaccard))))
@@ -292,9 +307,44 @@ def _identifier_links(cfg: RingfenceConfig, inc: DataFrame) -> DataFrame:
         .otherwise(F.format_string("%d shared non-hub %s(s)", F.col(SHARED_COUNT), noun))
     )
     return pairs.select(
-        SRC, DST, VIA_TYPE, rule.alias(RULE), F.when(is_ip, ip_ok).otherwise(F.lit(True)).alias(KEPT),
+        SRC, DST, VIA_TYPE, rule.alias(RULE),
+        F.when(is_ip, F.col("_ip_ok") | F.col("_exit").isNotNull()).otherwise(F.lit(True)).alias(KEPT),
         reason.alias(REASON), SHARED_COUNT, VIA_IDS, WEIGHT, F.lit(0.0).alias(FLOW),
     )
+
+
+def _with_exit(c: CandidateConf, inc: DataFrame, pairs: DataFrame) -> DataFrame:
+    """``pairs`` with ``_exit`` (the smallest proxy exit IP the pair shares and fails the footprint
+    rule on, else null), ``_exit_fp`` (its accounts with a footprint link through it) and
+    ``_exit_k`` (all its accounts).
+
+    ``pairs`` carries ``_ip_ok`` (the footprint rule's decision). The exit counts
+    come from the footprint links alone, so an exit link never makes another IP an exit.
+    One pass: each IP pair row is exploded to its shared IPs, a window over each
+    IP collects the ends of its footprint links (at most the IP cap's accounts),
+    and the rows are grouped back to pairs. A join of ``pairs`` with an exit table
+    derived from ``pairs`` made Spark's optimizer run out of memory on the
+    candidate graph's plan (CombineFilters, 2 GB driver, a test world of 80 rows).
+    """
+    if c.ip_exit_min_accounts is None:
+        return (pairs.withColumn("_exit", F.lit(None).cast("string"))
+                .withColumn("_exit_fp", F.lit(None).cast("long")).withColumn("_exit_k", F.lit(None).cast("long")))
+    keys = [SRC, DST, VIA_TYPE]
+    rest = [col for col in pairs.columns if col not in keys]
+    is_ip = F.col(VIA_TYPE) == IP
+    k = inc.where(is_ip).select(_IDENT, F.col(_K).alias("_exit_k")).distinct()
+    # Non-IP rows keep one row (null IP) and a window partition of their own.
+    per_ip = Window.partitionBy(F.coalesce(F.col(_IDENT), F.concat_ws("|", *keys)))
+    ends = F.flatten(F.collect_list(F.when(F.col("_ip_ok"), F.array(SRC, DST))).over(per_ip))
+    x = (pairs.select("*", F.explode_outer(F.when(is_ip, F.col(VIA_IDS))).alias(_IDENT))
+         .join(k, _IDENT, "left")
+         .withColumn("_exit_fp", F.size(F.array_distinct(ends)).cast("long")))
+    exit_here = (is_ip & ~F.col("_ip_ok") & (F.col("_exit_fp") >= F.lit(c.ip_exit_min_accounts))
+                 & (F.col("_exit_fp") >= F.lit(float(c.ip_exit_min_share)) * F.col("_exit_k")))
+    best = F.min(F.when(exit_here, F.struct(F.col(_IDENT).alias("ip"), "_exit_fp", "_exit_k")))
+    return (x.groupBy(*keys).agg(*[F.first(col).alias(col) for col in rest], best.alias("_best"))
+            .select(*keys, *rest, F.col("_best.ip").alias("_exit"), F.col("_best._exit_fp").alias("_exit_fp"),
+                    F.col("_best._exit_k").alias("_exit_k")))
 
 
 # --------------------------------------------------------------------------- money links

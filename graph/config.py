@@ -128,6 +128,11 @@ class CandidateConf(_Section):
     ip_min_shared: int = Field(2, ge=1)
     # ... making up at least this Jaccard share of the non-hub IPs the two used.
     ip_min_jaccard: float = Field(0.3, ge=0.0, le=1.0)
+    # An IP is a group's proxy exit when at least this many of its accounts, and at least
+    # ip_exit_min_share of all of them, have a footprint link through it; every two accounts
+    # on an exit link (`ip_exit`). None: no exits.
+    ip_exit_min_accounts: int | None = Field(5, ge=2)
+    ip_exit_min_share: float = Field(0.8, gt=0.0, le=1.0)
     # A card of one account joins that account's candidate component when at least
     # this share of its attempts were tiny or declined (card-testing evidence).
     test_card_min_tiny_share: float = Field(0.25, ge=0.0, le=1.0)

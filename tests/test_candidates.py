@@ -433,10 +433,62 @@ def test_a_ring_bigger_than_the_ip_cap_links_through_its_proxies(spark, config, 
 
 
 # ---------------------------------------------------------------------------
+# Proxy exits: a member who went through the group's proxy once.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("exit_min", [5, 4, None])
+def test_a_member_on_the_groups_proxy_once_links_through_the_exit(spark, config, exit_min):
+    w = World()
+    group = [f"g-{i}" for i in range(6)]
+    for i, a in enumerate(group):  # home IP + the two proxies: footprint Jaccard 2 / 4 with any mate
+        w.session(ts(2024, 3, 1, i), a, ip=f"10.6.0.{i}")
+        for j, proxy in enumerate(("45.10.0.1", "45.10.0.2")):
+            w.session(ts(2024, 3, 2 + j, 3 * i), a, ip=proxy)
+    w.session(ts(2024, 3, 1, 9), "g-late", ip="10.6.1.1")  # one IP shared with each mate: no footprint
+    w.session(ts(2024, 3, 5, 9), "g-late", ip="45.10.0.1")
+    # Five travellers on a hotspot; two of them also shared a hotel IP (a footprint pair): 2 of 5.
+    for i in range(5):
+        w.session(ts(2024, 3, 4, 8), f"t-{i}", ip=f"10.7.0.{i}")
+        w.session(ts(2024, 3, 5, 8 + i), f"t-{i}", ip=HOTSPOT)
+    for a in ("t-0", "t-1"):
+        w.session(ts(2024, 3, 6, 8), a, ip="126.1.0.1")
+    # Two couples at a café: each couple shares the café and its home IP (4 of 4 on footprint links).
+    for a, home in (("x-1", "10.5.0.1"), ("x-2", "10.5.0.1"), ("x-3", "10.5.0.2"), ("x-4", "10.5.0.2")):
+        w.session(ts(2024, 3, 3, 12), a, ip=CAFE)
+        w.session(ts(2024, 3, 3, 20), a, ip=home)
+    cfg = with_section(config, "candidates", ip_exit_min_accounts=exit_min, ip_exit_min_share=0.8)
+    g = build_identity_graph(spark, cfg, w.tables(spark), DS)
+    out = candidate_graph(cfg, g, find_hubs(cfg, g), None, w.tables(spark), DS)
+    links, edges = out.links.collect(), out.edges.collect()
+    late = {(r.src, r.dst): r for r in links_of(links, "g-late")}
+    assert set(late) == {(acc(a), acc("g-late")) for a in group}
+    mates = {frozenset(acc(a) for a in group) | {"ip:45.10.0.1", "ip:45.10.0.2"}}
+    couples = {frozenset({acc("x-1"), acc("x-2"), "ip:10.5.0.1", f"ip:{CAFE}"}),
+               frozenset({acc("x-3"), acc("x-4"), "ip:10.5.0.2"})}
+    travellers = {frozenset({acc("t-0"), acc("t-1"), "ip:126.1.0.1", f"ip:{HOTSPOT}"})}
+    if exit_min is None:
+        assert not any(r.kept for r in late.values()) and {r.rule for r in late.values()} == {"ip_footprint"}
+        assert components(edges) == mates | couples | travellers
+        return
+    assert {(r.kept, r.rule, r.reason) for r in late.values()} == {(
+        True, "ip_exit", f"shares ip:45.10.0.1, a proxy exit: 6 of its 7 accounts have footprint links through it "
+                         f"(an exit needs >= {exit_min} and >= 80%)")}
+    joined = {frozenset(next(iter(mates)) | {acc("g-late")})}
+    # The hotspot is no exit (2 of 5); the café is one only when 4 accounts are enough, and then
+    # it merges the couples: why the bound is 5 by default.
+    if exit_min == 5:
+        assert components(edges) == joined | couples | travellers
+    else:
+        assert components(edges) == joined | {frozenset().union(*couples) | {"ip:10.5.0.2"}} | travellers
+    assert not any(r.kept for r in links_of(links, "t-2", "t-3", "t-4"))
+
+
+# ---------------------------------------------------------------------------
 # Seeded random worlds: the IP-footprint decisions against a plain-Python reference.
 # ---------------------------------------------------------------------------
 
-def reference_ip_links(sessions, cap: int, min_shared: int, min_jaccard: float, footprint_max: int | None):
+def reference_ip_links(sessions, cap: int, min_shared: int, min_jaccard: float, footprint_max: int | None,
+                       exit_min: int | None = None, exit_share: float = 0.8):
     users: dict[str, set[str]] = {}
     for s in sessions:
         if s[5] is not None:
@@ -453,11 +505,23 @@ def reference_ip_links(sessions, cap: int, min_shared: int, min_jaccard: float, 
         if shared:
             j = len(shared) / len(ips_of[a] | ips_of[b])
             out[(acc(a), acc(b))] = (len(shared) >= min_shared and j >= min_jaccard, len(shared))
-    return out
+    if exit_min is None:
+        return out
+    # Exits: IPs with >= exit_min accounts on footprint links through them, >= exit_share of all.
+    exits = set()
+    for ip, accts in users.items():
+        if ip in hubs:
+            continue
+        on = {a for a, b in itertools.combinations(sorted(accts), 2) if out[(acc(a), acc(b))][0]} | {
+            b for a, b in itertools.combinations(sorted(accts), 2) if out[(acc(a), acc(b))][0]}
+        if len(on) >= exit_min and len(on) >= exit_share * len(accts):
+            exits.add(ip)
+    return {(a, b): (kept or bool(ips_of[a[8:]] & ips_of[b[8:]] & exits), n) for (a, b), (kept, n) in out.items()}
 
 
-@pytest.mark.parametrize(("seed", "footprint_max"), [(3, None), (17, None), (3, 40), (17, 40)])
-def test_ip_footprint_matches_reference(spark, config, seed, footprint_max):
+@pytest.mark.parametrize(("seed", "footprint_max", "exit_min"),
+                         [(3, None, None), (17, None, None), (3, 40, None), (17, 40, None), (3, 40, 5), (17, None, 4)])
+def test_ip_footprint_matches_reference(spark, config, seed, footprint_max, exit_min):
     rnd = random.Random(seed)
     ips = [f"10.0.0.{i}" for i in range(10)] + [NAT] * 4
     sessions = [(f"s-{i}", ts(2024, 3, rnd.randint(1, 10)), f"a-{rnd.randrange(25):02d}", "login", None,
@@ -465,11 +529,15 @@ def test_ip_footprint_matches_reference(spark, config, seed, footprint_max):
     tables = {name: spark.createDataFrame(sessions if name == "sessions" else [], spark_ddl(INPUT_SCHEMAS[name]))
               for name in INPUT_SCHEMAS}
     cfg = with_section(with_section(config, "hubs", max_accounts_per_ip=12, outlier_multiplier=None),
-                       "candidates", ip_min_shared=2, ip_min_jaccard=0.4, ip_footprint_max_accounts=footprint_max)
+                       "candidates", ip_min_shared=2, ip_min_jaccard=0.4, ip_footprint_max_accounts=footprint_max,
+                       ip_exit_min_accounts=exit_min)
     g = build_identity_graph(spark, cfg, tables, DS)
     hubs = find_hubs(cfg, g)
     rows = identifier_links(cfg, g, hubs).collect()
-    want = reference_ip_links(sessions, 12, 2, 0.4, footprint_max)
+    want = reference_ip_links(sessions, 12, 2, 0.4, footprint_max, exit_min)
+    if exit_min is not None:  # the exits add links the footprint rule alone does not keep
+        assert {r.rule for r in rows if r.kept} == {"ip_footprint", "ip_exit"}
+        assert want != reference_ip_links(sessions, 12, 2, 0.4, footprint_max)
     # The NAT is over the IP cap: set aside, unless the footprint bound lets it back in.
     assert [(r.id, r.rule) for r in hubs.collect()] == [(f"ip:{NAT}", "degree_cap")]
     assert any(f"ip:{NAT}" in r.via_ids for r in rows) == (footprint_max is not None)
