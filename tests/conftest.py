@@ -21,7 +21,11 @@ def spark_conf():
         app_name="ringfence-tests",
         master="local[2]",
         shuffle_partitions=2,
-        driver_memory="2g",
+        # The candidate graph's plan is large (identifier, money and exit rules; the link table is used
+        # several times by the attach edges). With 2 GB, tests/test_candidates.py ran out of driver heap
+        # (OutOfMemoryError in collectToPython, 2026-12-01, after the ip_exit rule); with 4 GB, the
+        # product's default driver size, the file passes (25 tests, 430 s).
+        driver_memory="4g",
         checkpoint_dir=tempfile.mkdtemp(prefix="ringfence-ckpt-"),
         extra_conf={
             "spark.ui.enabled": "false",
