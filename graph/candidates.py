@@ -287,7 +287,7 @@ def _identifier_links(cfg: RingfenceConfig, inc: DataFrame) -> DataFrame:
     )
     ip_ok = (F.col(SHARED_COUNT) >= c.ip_min_shared) & (F.col("_jaccard") >= c.ip_min_jaccard)
     pairs = _with_exit(c, inc, pairs.withColumn("_ip_ok", is_ip & ip_ok))
-    by_exit = is_ip & ~F.col("_ip_ok") & F.col("_exit").isNotNull()
+    by_exit = F.col("_exit").isNotNull()  # set only on IP pairs the footprint rule dropped
     rule = F.when(by_exit, F.lit(IP_EXIT))
     for kind, name in IDENTIFIER_RULE.items():
         rule = rule.when(F.col(VIA_TYPE) == kind, F.lit(name))
@@ -308,7 +308,7 @@ def _identifier_links(cfg: RingfenceConfig, inc: DataFrame) -> DataFrame:
     )
     return pairs.select(
         SRC, DST, VIA_TYPE, rule.alias(RULE),
-        F.when(is_ip, F.col("_ip_ok") | F.col("_exit").isNotNull()).otherwise(F.lit(True)).alias(KEPT),
+        F.when(is_ip, F.col("_ip_ok") | by_exit).otherwise(F.lit(True)).alias(KEPT),
         reason.alias(REASON), SHARED_COUNT, VIA_IDS, WEIGHT, F.lit(0.0).alias(FLOW),
     )
 

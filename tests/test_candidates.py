@@ -512,11 +512,11 @@ def reference_ip_links(sessions, cap: int, min_shared: int, min_jaccard: float, 
     for ip, accts in users.items():
         if ip in hubs:
             continue
-        on = {a for a, b in itertools.combinations(sorted(accts), 2) if out[(acc(a), acc(b))][0]} | {
-            b for a, b in itertools.combinations(sorted(accts), 2) if out[(acc(a), acc(b))][0]}
+        on = {x for a, b in itertools.combinations(sorted(accts), 2) if out[(acc(a), acc(b))][0] for x in (a, b)}
         if len(on) >= exit_min and len(on) >= exit_share * len(accts):
             exits.add(ip)
-    return {(a, b): (kept or bool(ips_of[a[8:]] & ips_of[b[8:]] & exits), n) for (a, b), (kept, n) in out.items()}
+    return {(a, b): (kept or bool(ips_of[a.removeprefix("account:")] & ips_of[b.removeprefix("account:")] & exits), n)
+            for (a, b), (kept, n) in out.items()}
 
 
 @pytest.mark.parametrize(("seed", "footprint_max", "exit_min"),
