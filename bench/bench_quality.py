@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,7 +66,9 @@ from scipy.sparse.csgraph import connected_components
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_pipeline import machine_info  # noqa: E402
 from pyspark.sql import DataFrame, SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
@@ -86,6 +89,15 @@ PROPAGATION_THRESHOLD = 0.5
 def _write_parquet(df: DataFrame, path: Path) -> pd.DataFrame:
     df.write.mode("overwrite").parquet(str(path))
     return pq.read_table(path).to_pandas()
+
+
+def _world_events(world: Path) -> int | None:
+    """Events (payments + transfers + sessions) from a generated world's completion summary, if it has one."""
+    summary = world / "_WORLD_COMPLETE"
+    try:
+        return int(json.loads(summary.read_text())["events"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _components(src: np.ndarray, dst: np.ndarray) -> pd.DataFrame:
@@ -153,7 +165,7 @@ def run_ringfence(spark, cfg, ds, lookback, work: Path, tables, g, hubs, signals
     from graph.score import score_run
 
     out = str(work / "ringfence")
-    t = {}
+    t = {"load_avg_start": [round(x, 2) for x in os.getloadavg()]}
     t0 = time.time()
     cg = candidate_graph(cfg, g, hubs, signals, tables, ds, lookback)
     io.write_table(cg.edges, out, ds, "candidates/edges")
@@ -185,6 +197,7 @@ def run_ringfence(spark, cfg, ds, lookback, work: Path, tables, g, hubs, signals
     io.write_table(result.scores, out, ds, "entity_scores")
     io.write_table(result.risk, out, ds, "risk")
     t["score_s"] = round(time.time() - t0, 1)
+    t["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     sizes = comps.groupby("component").size()
     t["components"] = int(len(sizes))
     t["largest_component"] = int(sizes.max()) if len(sizes) else 0
@@ -324,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     from graph.session import build_session
 
     cfg = load_config(args.conf)
+    machine = machine_info()
     spark = build_session(cfg.spark, app_name="ringfence-bench-quality")
     ds, run, work = args.ds, args.run, Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -351,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         results[method] = {"seconds": round(time.time() - t0, 1), **info, **_summary(report)}
         print(f"== {method} ({results[method]['seconds']} s)\n{format_report(report)}", flush=True)
     record = {"label": args.label, "world": args.world, "ds": str(ds), "at": dt.datetime.now(dt.UTC).isoformat(),
-              "command": " ".join(sys.argv), "methods": results}
+              "command": " ".join(sys.argv), "events": _world_events(Path(args.world)),
+              "driver_memory": cfg.spark.driver_memory, "machine": machine, "methods": results}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as f:
         f.write(json.dumps(record, default=str) + "\n")
