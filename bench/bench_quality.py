@@ -184,6 +184,8 @@ def run_ringfence(spark, cfg, ds, lookback, work: Path, tables, g, hubs, signals
     t0 = time.time()
     hub_free = remove_hubs(g, hubs)
     io.write_table(hub_free.edges.select("src", "dst", "edge_type", "weight"), out, ds, "score/edges")
+    t["score_edges_s"] = round(time.time() - t0, 1)
+    t0 = time.time()
     he = pq.read_table(io.table_path(out, ds, "score/edges")).to_pandas()
     prop = propagate_reference(he, _usable_seeds(spark, tables["labels"], ds), cfg)
     t["propagation_reference_s"] = round(time.time() - t0, 1)
