@@ -35,6 +35,8 @@ Without the GraphFrames jars this raises
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -88,9 +90,29 @@ def propagate_risk(spark: SparkSession, edges: DataFrame, usable_labels: DataFra
     from graphframes import GraphFrame
     from graphframes.lib import AggregateMessages as AM
 
+    def message_sums(vertices: DataFrame, e: DataFrame) -> DataFrame:
+        # Edges are undirected for risk: each end hears the other.
+        return GraphFrame(vertices, e).aggregateMessages(
+            [F.sum(AM.msg).alias(_SUM)],
+            sendToSrc=AM.edge[_W] * AM.dst[RISK],
+            sendToDst=AM.edge[_W] * AM.src[RISK],
+        )
+
+    vertices = spread(propagation_edges(edges, cfg), usable_labels, cfg, message_sums)
+    return vertices.where(F.col(RISK) > 0).select(ID, RISK, F.col(_Y).isNotNull().alias(SEED))
+
+
+def spread(e: DataFrame, usable_labels: DataFrame, cfg: RingfenceConfig,
+           message_sums: Callable[[DataFrame, DataFrame], DataFrame],
+           on_iteration: Callable[[int], None] | None = None) -> DataFrame:
+    """The iteration of :func:`propagate_risk` around its message pass; ``(id, _strength, _y, risk)`` per vertex.
+
+    ``e``: :func:`propagation_edges`. ``message_sums(vertices, e)`` gives ``(id, _sum)``, the sum of
+    ``w * risk`` over each vertex's neighbours (GraphFrames ``aggregateMessages`` in the product).
+    ``on_iteration(i)`` is called after iteration ``i`` is materialised (benchmarks time it).
+    """
     conf = cfg.scoring
     keep = 1.0 - conf.propagation_alpha
-    e = propagation_edges(edges, cfg)
     ends = e.select(F.col(SRC).alias(ID), _W).unionByName(e.select(F.col(DST).alias(ID), _W))
     strength = ends.groupBy(ID).agg(F.sum(_W).alias(_STRENGTH))
     vertices = (strength.join(seeds(usable_labels), ID, "full_outer")
@@ -98,13 +120,7 @@ def propagate_risk(spark: SparkSession, edges: DataFrame, usable_labels: DataFra
                 .withColumn(RISK, F.coalesce(F.col(_Y), F.lit(0.0)))
                 .checkpoint())
     for i in range(conf.propagation_iterations):
-        g = GraphFrame(vertices, e)
-        # Edges are undirected for risk: each end hears the other.
-        messages = g.aggregateMessages(
-            [F.sum(AM.msg).alias(_SUM)],
-            sendToSrc=AM.edge[_W] * AM.dst[RISK],
-            sendToDst=AM.edge[_W] * AM.src[RISK],
-        )
+        messages = message_sums(vertices, e)
         mean = F.coalesce(F.col(_SUM), F.lit(0.0)) / (F.col(_STRENGTH) + F.lit(conf.propagation_smoothing))
         updated = (vertices.join(messages, ID, "left")
                    .withColumn(RISK, F.when(F.col(_Y).isNotNull(), F.col(_Y))
@@ -120,5 +136,6 @@ def propagate_risk(spark: SparkSession, edges: DataFrame, usable_labels: DataFra
         messages.unpersist()
         vertices.unpersist()
         vertices = nxt
-    return vertices.where(F.col(RISK) > 0).select(ID, RISK, F.col(_Y).isNotNull().alias(SEED))
-
+        if on_iteration is not None:
+            on_iteration(i)
+    return vertices

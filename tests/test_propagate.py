@@ -4,18 +4,26 @@ The model -- label spreading with decay, seeds clamped -- is written out
 below in plain Python (``reference``) and its promised properties are
 checked on it. The GraphFrames implementation must equal the reference on
 seeded random graphs; that part is blocked until the jars can be fetched
-(strict xfail, see tests/blocked.py).
+(strict xfail, see tests/blocked.py). The iteration around the message pass
+(``spread``: strengths, seeds, clamping, decay, checkpoints) is tested
+without GraphFrames, with the message pass written as plain joins -- the
+cost estimator of bench/bench_propagation_cost.py, which this also checks.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import random
+import sys
+from pathlib import Path
 
 import pytest
 from blocked import needs_graphframes
 
-from graph.propagate import propagate_risk, propagation_edges
+from graph.propagate import ID, RISK, propagate_risk, propagation_edges, spread
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from bench_propagation_cost import message_sums  # noqa: E402
 
 ALPHA, SMOOTHING, ITERATIONS = 0.15, 1.0, 10
 
@@ -111,10 +119,8 @@ def _random_case(seed: int):
     return [(a, b, w) for (a, b), w in sorted(edges.items())], seeds
 
 
-@pytest.mark.spark
-@needs_graphframes
-@pytest.mark.parametrize("seed", range(6))
-def test_graphframes_propagation_equals_the_reference(spark, config, seed):
+def _spark_case(spark, config, seed: int):
+    """A random case as Spark edges and labels, and the reference's answer for it."""
     edges, seeds = _random_case(seed)
     e = spark.createDataFrame([(a, b, "account_device", w) for a, b, w in edges],
                               "src string, dst string, edge_type string, weight double")
@@ -122,11 +128,36 @@ def test_graphframes_propagation_equals_the_reference(spark, config, seed):
         [("account", v.split(":", 1)[1], "mule" if y else "legit", dt.datetime(2026, 1, 1), "test")
          for v, y in seeds.items()],
         "entity_type string, entity_id string, label string, labeled_at timestamp, source string")
-    got = {r["id"]: r["risk"] for r in propagate_risk(spark, e, labels, config).collect()}
     f = config.scoring.propagation_edge_factors["account_device"]
     want = reference([(a, b, w * f) for a, b, w in edges], seeds,
                      alpha=config.scoring.propagation_alpha, smoothing=config.scoring.propagation_smoothing,
                      iterations=config.scoring.propagation_iterations)
+    return e, labels, want
+
+
+@pytest.mark.spark
+@needs_graphframes
+@pytest.mark.parametrize("seed", range(6))
+def test_graphframes_propagation_equals_the_reference(spark, config, seed):
+    e, labels, want = _spark_case(spark, config, seed)
+    got = {r["id"]: r["risk"] for r in propagate_risk(spark, e, labels, config).collect()}
     assert set(got) == {v for v, x in want.items() if x > 0}
     for v, x in got.items():
         assert x == pytest.approx(want[v], rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_iteration_around_the_message_pass_equals_the_reference(spark, config, seed):
+    e, labels, want = _spark_case(spark, config, seed)
+    done = []
+    vertices = spread(propagation_edges(e, config), labels, config, message_sums, on_iteration=done.append)
+    got = {r[ID]: r[RISK] for r in vertices.collect()}
+    assert done == list(range(config.scoring.propagation_iterations))
+    assert set(got) == set(want)
+    for v, x in got.items():
+        assert x == pytest.approx(want[v], rel=1e-9, abs=1e-12)
+    # The case has fraud seeds, legit seeds and reached unlabelled vertices: clamping and spreading both count.
+    seeded = {f"account:{r['entity_id']}" for r in labels.collect()}
+    assert {want[v] for v in seeded} == {0.0, 1.0}
+    assert any(0 < x < 1 for v, x in want.items() if v not in seeded)

@@ -1,0 +1,112 @@
+"""What risk propagation would cost on Spark, at the size of a bench_quality run (GraphFrames is blocked here).
+
+The product propagates risk with GraphFrames ``aggregateMessages`` (graph/propagate.py), whose jars cannot be
+fetched on this machine, so bench_quality.py computes the propagation with scipy on collected data, and that
+time says nothing about a cluster. This script estimates the Spark cost: it runs the product's iteration
+(same edges, seeds, update, clamping and checkpoint cadence, from graph/propagate.py) with each message pass
+written as the joins GraphFrames performs for ``aggregateMessages`` -- edges joined to their source and
+destination vertices (the triplets), one message per end, summed per vertex. It is a cost estimate for the
+benchmark report, not a fallback: the product has none. Its result is compared with the scipy reference that
+bench_quality wrote (largest absolute difference in risk), so the estimate is known to compute the same thing.
+
+Input: a bench_quality work dir (its ``ringfence/ds=D/score/edges`` and ``propagated``) and the run it read
+(``clean/labels``). Appends the timing to the record of that work dir's label in ``quality.jsonl`` as
+``propagation_spark_estimate_s`` (the record's other fields unchanged), so report.py can show it.
+
+    .venv/bin/python bench/bench_propagation_cost.py --run OUT --work DIR --ds 2026-11-24 --label L [--conf C]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pyspark.sql import DataFrame  # noqa: E402
+from pyspark.sql import functions as F  # noqa: E402
+
+from graph import io  # noqa: E402
+from graph.config import RingfenceConfig, load_config  # noqa: E402
+from graph.propagate import _SUM, _W, DST, ID, RISK, SRC, propagation_edges, spread  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "quality.jsonl"
+
+
+def message_sums(vertices: DataFrame, e: DataFrame) -> DataFrame:
+    """(id, _sum) of ``w * risk`` from every neighbour, edges undirected: aggregateMessages as plain joins."""
+    src = vertices.select(F.col(ID).alias("_s"), F.col(RISK).alias("_rs"))
+    dst = vertices.select(F.col(ID).alias("_d"), F.col(RISK).alias("_rd"))
+    triplets = e.join(src, e[SRC] == src["_s"]).join(dst, e[DST] == dst["_d"])
+    messages = (triplets.select(F.col(SRC).alias(ID), (F.col(_W) * F.col("_rd")).alias("_m"))
+                .unionByName(triplets.select(F.col(DST).alias(ID), (F.col(_W) * F.col("_rs")).alias("_m"))))
+    return messages.groupBy(ID).agg(F.sum("_m").alias(_SUM))
+
+
+def propagate_estimate(edges: DataFrame, usable: DataFrame, cfg: RingfenceConfig) -> tuple[DataFrame, list[float]]:
+    """The product's propagation (graph/propagate.py ``spread``) with ``message_sums`` as its message pass;
+    returns (id, risk) and the seconds of each iteration (each is materialised, by checkpoint or count; the
+    first also holds building the initial vertex table)."""
+    per_iteration: list[float] = []
+    t0 = [time.perf_counter()]
+
+    def tick(_: int) -> None:
+        now = time.perf_counter()
+        per_iteration.append(round(now - t0[0], 1))
+        t0[0] = now
+
+    vertices = spread(propagation_edges(edges, cfg), usable, cfg, message_sums, on_iteration=tick)
+    return vertices.select(ID, RISK), per_iteration
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="the `ringfence run` output root bench_quality read")
+    p.add_argument("--work", required=True, help="the bench_quality --work dir")
+    p.add_argument("--ds", type=dt.date.fromisoformat, required=True)
+    p.add_argument("--label", required=True, help="the bench_quality record (label) the timing belongs to")
+    p.add_argument("--conf")
+    args = p.parse_args(argv)
+
+    from graph.score import label_cutoff, usable_labels
+    from graph.session import build_session
+
+    cfg = load_config(args.conf)
+    spark = build_session(cfg.spark, app_name="ringfence-bench-propagation-cost")
+    out = str(Path(args.work) / "ringfence")
+    edges = io.read_output(spark, out, args.ds, "score/edges")
+    labels = io.read_output(spark, args.run, args.ds, "clean/labels")
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    t0 = time.perf_counter()
+    risk, per_iteration = propagate_estimate(edges, usable_labels(labels, label_cutoff(args.ds)), cfg)
+    seconds = round(time.perf_counter() - t0, 1)
+    # Against the scipy reference bench_quality wrote (vertices with risk > 0 there; 0 elsewhere).
+    ref = io.read_output(spark, out, args.ds, "propagated").select(ID, F.col(RISK).alias("_ref"))
+    diff = (risk.join(ref, ID, "full_outer")
+            .select(F.abs(F.coalesce(RISK, F.lit(0.0)) - F.coalesce("_ref", F.lit(0.0))).alias("d"))
+            .agg(F.max("d")).first()[0])  # one row
+    result = {"propagation_spark_estimate_s": seconds, "propagation_spark_iterations_s": per_iteration,
+              "propagation_spark_max_abs_diff": float(diff or 0.0),
+              "propagation_spark_load_avg": [load_start, [round(x, 2) for x in os.getloadavg()]]}
+    spark.stop()
+    print(json.dumps(result), flush=True)
+    lines = RESULTS.read_text().splitlines() if RESULTS.exists() else []
+    hits = [i for i, line in enumerate(lines) if line.strip() and json.loads(line).get("label") == args.label]
+    if not hits:
+        print(f"no record labelled {args.label!r} in {RESULTS}; timing printed only", file=sys.stderr)
+        return 1
+    record = json.loads(lines[hits[-1]])
+    record["methods"]["ringfence"].update(result)
+    lines[hits[-1]] = json.dumps(record, default=str)
+    RESULTS.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
