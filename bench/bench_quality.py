@@ -192,11 +192,14 @@ def run_ringfence(spark, cfg, ds, lookback, work: Path, tables, g, hubs, signals
     # Explicit schema: with no usable label (an unlabelled world) the reference is empty.
     io.write_table(spark.createDataFrame(prop, "id STRING, risk DOUBLE, seed BOOLEAN"), out, ds, "propagated")
     t0 = time.time()
+
+    def written(df: DataFrame, name: str) -> DataFrame:
+        io.write_table(df, out, ds, name)
+        return io.read_output(spark, out, ds, name)
+
     result = score_run(io.read_output(spark, out, ds, "rings"), io.read_output(spark, out, ds, "ring_members"),
                        io.read_output(spark, out, ds, "score/edges"), signals, tables["labels"],
-                       io.read_output(spark, out, ds, "propagated"), cfg, ds)
-    io.write_table(result.rings, out, ds, "ring_scores")
-    io.write_table(result.scores, out, ds, "entity_scores")
+                       io.read_output(spark, out, ds, "propagated"), cfg, ds, materialise=written)
     io.write_table(result.risk, out, ds, "risk")
     t["score_s"] = round(time.time() - t0, 1)
     t["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]

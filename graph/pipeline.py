@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -156,6 +157,12 @@ def _read(ctx: RunContext, table: str) -> DataFrame:
     return io.read_output(ctx.spark, ctx.output_root, ctx.ds, table)
 
 
+def _written(ctx: RunContext, df: DataFrame, table: str) -> DataFrame:
+    """Write ``df`` as ``table`` and return it read back (computed once, whatever reads it later)."""
+    io.write_table(df, ctx.output_root, ctx.ds, table)
+    return _read(ctx, table)
+
+
 def _previous_rings(ctx: RunContext) -> tuple[DataFrame | None, DataFrame | None]:
     """(ring_members, rings) of the last complete run before ``ds`` (None, None on the first night)."""
     prev = io.previous_run_ds(ctx.spark, ctx.output_root, ctx.ds)
@@ -177,15 +184,10 @@ def _stage_rings(ctx: RunContext) -> dict[str, Any]:
     # Links (every considered pair, kept or dropped, with its reason) are written
     # first: investigators read them, and the edges are derived from the written
     # table rather than by recomputing the money tests.
-    io.write_table(candidate_links(ctx.cfg, g, hubs, clean_inputs(ctx), ctx.ds, ctx.lookback_days),
-                   ctx.output_root, ctx.ds, "candidates/links")
-    links = _read(ctx, "candidates/links")
-    io.write_table(edges_from_links(ctx.cfg, g, hubs, _read(ctx, "signals"), links),
-                   ctx.output_root, ctx.ds, "candidates/edges")
-    edges = _read(ctx, "candidates/edges")
-    io.write_table(connected_components(ctx.spark, edges, ctx.cfg), ctx.output_root, ctx.ds,
-                   "candidates/components")
-    components = _read(ctx, "candidates/components")
+    links = _written(ctx, candidate_links(ctx.cfg, g, hubs, clean_inputs(ctx), ctx.ds, ctx.lookback_days),
+                     "candidates/links")
+    edges = _written(ctx, edges_from_links(ctx.cfg, g, hubs, _read(ctx, "signals"), links), "candidates/edges")
+    components = _written(ctx, connected_components(ctx.spark, edges, ctx.cfg), "candidates/components")
     prev_members, prev_rings = _previous_rings(ctx)
     rings, members = discover_rings(components, edges, ctx.cfg, ctx.ds, prev_members, prev_rings)
     io.write_table(members, ctx.output_root, ctx.ds, "ring_members")
@@ -227,16 +229,12 @@ def _stage_score(ctx: RunContext) -> dict[str, Any]:
 
     # Risk propagation runs on GraphFrames (aggregateMessages).
     require_graphframes(ctx.spark, ctx.cfg.spark)
-    hub_free = remove_hubs(read_graph(ctx), _read(ctx, "hubs"))
-    io.write_table(hub_free.edges, ctx.output_root, ctx.ds, "score/edges")
-    edges = _read(ctx, "score/edges")
+    edges = _written(ctx, remove_hubs(read_graph(ctx), _read(ctx, "hubs")).edges, "score/edges")
     labels = clean_inputs(ctx)["labels"]
     io.write_table(propagate_risk(ctx.spark, edges, usable_labels(labels, label_cutoff(ctx.ds)), ctx.cfg),
                    ctx.output_root, ctx.ds, "propagated")
     result = score_run(_read(ctx, "rings"), _read(ctx, "ring_members"), edges, _read(ctx, "signals"),
-                       labels, _read(ctx, "propagated"), ctx.cfg, ctx.ds)
-    io.write_table(result.rings, ctx.output_root, ctx.ds, "ring_scores")
-    io.write_table(result.scores, ctx.output_root, ctx.ds, "entity_scores")
+                       labels, _read(ctx, "propagated"), ctx.cfg, ctx.ds, materialise=partial(_written, ctx))
     io.write_table(result.risk, ctx.output_root, ctx.ds, "risk")
     listed = _read(ctx, "risk").groupBy("entity_type", "ring_type").count().collect()  # <= 15 rows
     by_type: dict[str, dict[str, int]] = {}

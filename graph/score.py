@@ -946,16 +946,26 @@ class ScoreResult:
 def score_run(
     rings: DataFrame, ring_members: DataFrame, edges: DataFrame, signals: DataFrame, labels: DataFrame,
     propagated: DataFrame | None, cfg: RingfenceConfig, ds: dt.date,
+    materialise: Callable[[DataFrame, str], DataFrame] | None = None,
 ) -> ScoreResult:
     """All of scoring for one ``ds``, for the pipeline's ``score`` stage.
 
     ``edges`` must be the hub-free identity graph edges; ``propagated`` may be
-    ``None`` or empty until GraphFrames propagation is available. The caller
-    should cache or write ``rings``/``scores`` if it uses them more than once.
-    """
-    cutoff = label_cutoff(ds)
-    infra = ring_infrastructure(ring_members, edges)
-    typed = type_rings(ring_features(rings, ring_members, infra, signals, labels, cutoff, cfg, propagated), cfg)
-    scores = entity_scores(signals, ring_members, typed, infra, labels, propagated, cfg, ds, cutoff)
-    return ScoreResult(rings=typed, scores=scores, risk=risk_list(scores, cfg, ds))
+    ``None`` or empty until GraphFrames propagation is available.
 
+    ``materialise(df, name)`` writes a table and returns it read back. The ring
+    infrastructure (``score/infrastructure``), the typed rings (``ring_scores``)
+    and the entity scores (``entity_scores``) each feed later tables; the
+    stage passes it so that each is computed once, instead of again inside
+    every table built on it. Without it the result stays lazy (tests): the
+    caller should then cache or write ``rings``/``scores`` if it uses them more
+    than once.
+    """
+    keep = materialise or (lambda df, _name: df)
+    cutoff = label_cutoff(ds)
+    infra = keep(ring_infrastructure(ring_members, edges), "score/infrastructure")
+    typed = keep(type_rings(ring_features(rings, ring_members, infra, signals, labels, cutoff, cfg, propagated),
+                            cfg), "ring_scores")
+    scores = keep(entity_scores(signals, ring_members, typed, infra, labels, propagated, cfg, ds, cutoff),
+                  "entity_scores")
+    return ScoreResult(rings=typed, scores=scores, risk=risk_list(scores, cfg, ds))

@@ -304,6 +304,25 @@ def test_members_tied_to_several_ring_accounts_gain_the_tied_term(spark, config,
     assert scores[("device", "d-mu")]["logit"] == pytest.approx(scores0[("device", "d-mu")]["logit"])
 
 
+def test_materialised_tables_are_each_written_once_and_change_nothing(spark, config, inputs, world, tmp_path):
+    # The score stage passes a write-and-read-back, so each table that feeds later ones is computed once.
+    written = []
+
+    def materialise(df, name):
+        written.append(name)
+        df.write.parquet(str(tmp_path / name))
+        return spark.read.parquet(str(tmp_path / name))
+
+    res = SC.score_run(inputs["rings"], inputs["ring_members"], inputs["edges"], inputs["signals"],
+                       labels_df(spark, [WRONG_LABEL]), None, config, DS, materialise=materialise)
+    assert written == ["score/infrastructure", "ring_scores", "entity_scores"]
+    rings, scores, risk, _ = world
+    assert {r["ring_id"]: r.asDict() for r in res.rings.collect()} == {k: r.asDict() for k, r in rings.items()}
+    assert {(r["entity_type"], r["entity_id"]): r.asDict() for r in res.risk.collect()} == {
+        k: r.asDict() for k, r in risk.items()}
+    assert res.scores.count() == len(scores) > len(risk) > 0
+
+
 def test_missing_ring_links_is_a_clear_error(spark, config, inputs):
     old = inputs["ring_members"].drop("ring_links")  # ring_members written before ring_links existed
     with pytest.raises(SchemaError, match=r"ring_members lacks columns \['ring_links'\]"):
