@@ -165,11 +165,15 @@ def run_ringfence(spark, cfg, ds, lookback, work: Path, tables, g, hubs, signals
     from graph.score import score_run
 
     out = str(work / "ringfence")
+
+    def written(df: DataFrame, name: str) -> DataFrame:
+        io.write_table(df, out, ds, name)
+        return io.read_output(spark, out, ds, name)
+
     t = {"load_avg_start": [round(x, 2) for x in os.getloadavg()]}
     t0 = time.time()
     cg = candidate_graph(cfg, g, hubs, signals, tables, ds, lookback)
-    io.write_table(cg.edges, out, ds, "candidates/edges")
-    edges = io.read_output(spark, out, ds, "candidates/edges")
+    edges = written(cg.edges, "candidates/edges")
     t["candidates_s"] = round(time.time() - t0, 1)
     t0 = time.time()
     e = pq.read_table(io.table_path(out, ds, "candidates/edges"), columns=["src", "dst"]).to_pandas()
@@ -177,7 +181,8 @@ def run_ringfence(spark, cfg, ds, lookback, work: Path, tables, g, hubs, signals
     t["components_reference_s"] = round(time.time() - t0, 1)
     io.write_table(spark.createDataFrame(comps), out, ds, "candidates/components")
     t0 = time.time()
-    rings, members = discover_rings(io.read_output(spark, out, ds, "candidates/components"), edges, cfg, ds)
+    rings, members = discover_rings(io.read_output(spark, out, ds, "candidates/components"), edges, cfg, ds,
+                                    materialise=written)
     io.write_table(members, out, ds, "ring_members")
     io.write_table(rings, out, ds, "rings")
     t["rings_s"] = round(time.time() - t0, 1)
@@ -192,10 +197,6 @@ def run_ringfence(spark, cfg, ds, lookback, work: Path, tables, g, hubs, signals
     # Explicit schema: with no usable label (an unlabelled world) the reference is empty.
     io.write_table(spark.createDataFrame(prop, "id STRING, risk DOUBLE, seed BOOLEAN"), out, ds, "propagated")
     t0 = time.time()
-
-    def written(df: DataFrame, name: str) -> DataFrame:
-        io.write_table(df, out, ds, name)
-        return io.read_output(spark, out, ds, name)
 
     result = score_run(io.read_output(spark, out, ds, "rings"), io.read_output(spark, out, ds, "ring_members"),
                        io.read_output(spark, out, ds, "score/edges"), signals, tables["labels"],

@@ -189,7 +189,8 @@ def _stage_rings(ctx: RunContext) -> dict[str, Any]:
     edges = _written(ctx, edges_from_links(ctx.cfg, g, hubs, _read(ctx, "signals"), links), "candidates/edges")
     components = _written(ctx, connected_components(ctx.spark, edges, ctx.cfg), "candidates/components")
     prev_members, prev_rings = _previous_rings(ctx)
-    rings, members = discover_rings(components, edges, ctx.cfg, ctx.ds, prev_members, prev_rings)
+    rings, members = discover_rings(components, edges, ctx.cfg, ctx.ds, prev_members, prev_rings,
+                                    materialise=partial(_written, ctx))
     io.write_table(members, ctx.output_root, ctx.ds, "ring_members")
     io.write_table(rings, ctx.output_root, ctx.ds, "rings")
     return {**_ring_stats(ctx), **candidate_stats(CandidateGraph(links=links, edges=edges))}

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Callable
 
 import networkx as nx
 import pandas as pd
@@ -249,6 +250,7 @@ def ring_tables(communities: DataFrame, ids: DataFrame, ds: dt.date) -> tuple[Da
 def discover_rings(
     components: DataFrame, edges: DataFrame, cfg: RingfenceConfig, ds: dt.date,
     previous_members: DataFrame | None = None, previous_rings: DataFrame | None = None,
+    materialise: Callable[[DataFrame, str], DataFrame] | None = None,
 ) -> tuple[DataFrame, DataFrame]:
     """(rings, ring_members) of the night ``ds`` from candidate components.
 
@@ -258,8 +260,12 @@ def discover_rings(
     stable ring ids (None on the first night). The refined communities feed
     both the id matching and the tables, so callers that run this at scale
     should pass ``components`` and ``edges`` already materialised (read back
-    from Parquet) rather than as long lineages.
+    from Parquet) rather than as long lineages, and a ``materialise(df, name)``
+    that writes a table and returns it read back: the communities
+    (``candidates/communities``) are then computed once, not again for each
+    table and for the id matching.
     """
-    communities = refine_components(components, edges, cfg)
+    keep = materialise or (lambda df, _name: df)
+    communities = keep(refine_components(components, edges, cfg), "candidates/communities")
     ids = assign_ring_ids(communities, previous_members, previous_rings, ds, cfg.rings.id_match_jaccard)
     return ring_tables(communities, ids, ds)

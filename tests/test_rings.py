@@ -244,7 +244,7 @@ def test_ring_tables_count_members_by_type_and_density(spark):
         ("account", "a"), ("account", "b"), ("card", "k"), ("device", "d")]
 
 
-def test_discover_rings_end_to_end_over_two_nights(spark, config):
+def test_discover_rings_end_to_end_over_two_nights(spark, config, tmp_path):
     # Night 1: two 4-cliques joined by one weak edge (one component, two communities),
     # plus a pair too small to be a ring.
     night1 = clique("a", 4) + clique("b", 4, w=1.0) + [("account:a0", "account:b0", 0.01, 0.0)] \
@@ -260,6 +260,19 @@ def test_discover_rings_end_to_end_over_two_nights(spark, config):
     night2 = clique("a", 3) + [(f"account:a{i}", "account:a9", 1.0, 0.0) for i in range(3)] + clique("c", 3)
     rings2, members2 = discover_rings(_components(spark, night2), _edges(spark, night2), config, D2,
                                       members1, rings1)
+    # As the rings stage runs it: the communities written once and read back; the same tables.
+    written = []
+
+    def materialise(df, name):
+        written.append(name)
+        df.write.parquet(str(tmp_path / name))
+        return spark.read.parquet(str(tmp_path / name))
+
+    rings_m, members_m = discover_rings(_components(spark, night2), _edges(spark, night2), config, D2,
+                                        members1, rings1, materialise=materialise)
+    assert written == ["candidates/communities"]
+    assert sorted(map(tuple, rings_m.collect())) == sorted(map(tuple, rings2.collect()))
+    assert sorted(map(tuple, members_m.collect())) == sorted(map(tuple, members2.collect()))
     by_ring = {}
     for m in members2.collect():
         by_ring.setdefault(m["ring_id"], set()).add(m["entity_id"])
