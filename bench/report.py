@@ -407,10 +407,15 @@ def scoring_cost_rows(records: list[dict]) -> list[dict]:
             # Seconds GraphFrames propagation may take with the bound still met, counting discovery without
             # GraphFrames components (which can only add to discovery, so to this budget).
             "propagation_budget": SCORING_BOUND * spark_discovery - spark_scoring,
+            "propagation_spark_estimate": t.get("propagation_spark_estimate_s"),
+            "estimated_ratio": ((spark_scoring + t["propagation_spark_estimate_s"]) / spark_discovery
+                                if t.get("propagation_spark_estimate_s") is not None and spark_discovery else None),
+            "iterations": t.get("propagation_spark_iterations_s") or [],
+            "max_abs_diff": t.get("propagation_spark_max_abs_diff"),
             "load": (t.get("load_avg_start"), t.get("load_avg_end")), "driver_memory": r.get("driver_memory"),
             "commit": (r.get("machine") or {}).get("git_commit"), "at": r["at"], "command": r["command"],
         })
-    return sorted(rows, key=lambda x: x["events"])
+    return sorted(rows, key=lambda x: (x["events"], x["label"]))
 
 
 def render_scoring_cost(records: list[dict]) -> list[str]:
@@ -428,16 +433,27 @@ def render_scoring_cost(records: list[dict]) -> list[str]:
     cells = []
     for x in rows:
         (ls, le) = x["load"]
-        cells.append([x["label"], _n(x["events"])] + [_n(v) for v in x["steps"].values()] + [
-            _n(x["discovery"]), _n(x["scoring"]), f"{x['ratio']:.0%}", f"{x['spark_ratio']:.0%}",
-            _n(x["propagation_budget"]), f"{ls[0]:.1f} → {le[0]:.1f}" if ls and le else "-"])
-    L += _table(["world", "events"] + [name + " s" for _, name in DISCOVERY_STEPS + SCORING_STEPS]
+        estimate = x["propagation_spark_estimate"]
+        cells.append([x["label"], f"`{x['commit'] or '?'}`", _n(x["events"])] + [_n(v) for v in x["steps"].values()]
+                     + [_n(x["discovery"]), _n(x["scoring"]), f"{x['ratio']:.0%}", f"{x['spark_ratio']:.0%}",
+                        _n(x["propagation_budget"]), _n(estimate),
+                        f"{x['estimated_ratio']:.0%}" if x["estimated_ratio"] is not None else "–",
+                        f"{ls[0]:.1f} → {le[0]:.1f}" if ls and le else "–"])
+    L += _table(["world", "commit", "events"] + [name + " s" for _, name in DISCOVERY_STEPS + SCORING_STEPS]
                 + ["discovery s", "scoring s", "scoring / discovery", "Spark ratio", "propagation budget s",
-                   "load (1 min) start → end"], cells)
-    L.append("")
+                   "propagation on Spark, estimate s", "estimated ratio", "load (1 min) start → end"], cells)
+    L += ["", "*Propagation on Spark, estimate*: `bench/bench_propagation_cost.py`, the product's iteration "
+          "(graph/propagate.py `spread`) with the message pass written as the joins GraphFrames' "
+          "`aggregateMessages` performs, on the same edges and labels; its result matches the scipy reference "
+          "(largest difference in risk below). *Estimated ratio*: Spark scoring with that estimate in place of "
+          "scipy, over Spark discovery (still without GraphFrames components, which would lower it).", ""]
     for x in rows:
+        extra = ""
+        if x["propagation_spark_estimate"] is not None:
+            extra = (f"; propagation estimate per iteration (s): {', '.join(map(str, x['iterations']))}, "
+                     f"largest |risk - scipy reference| {x['max_abs_diff']:.1e}")
         L.append(f"- {x['label']}: run {x['at'][:16]}Z at `{x['commit'] or '?'}`, driver memory "
-                 f"{x['driver_memory'] or '?'}: `{x['command']}`")
+                 f"{x['driver_memory'] or '?'}: `{x['command']}`{extra}")
     L.append("")
     return L
 
