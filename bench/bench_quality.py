@@ -179,35 +179,31 @@ def run_ringfence(spark, cfg, ds, lookback, work: Path, tables, g, hubs, signals
     e = pq.read_table(io.table_path(out, ds, "candidates/edges"), columns=["src", "dst"]).to_pandas()
     comps = _components(e["src"].to_numpy(), e["dst"].to_numpy())
     t["components_reference_s"] = round(time.time() - t0, 1)
-    io.write_table(spark.createDataFrame(comps), out, ds, "candidates/components")
+    components = written(spark.createDataFrame(comps), "candidates/components")
     t0 = time.time()
-    rings, members = discover_rings(io.read_output(spark, out, ds, "candidates/components"), edges, cfg, ds,
-                                    materialise=written)
-    io.write_table(members, out, ds, "ring_members")
-    io.write_table(rings, out, ds, "rings")
+    rings, members = discover_rings(components, edges, cfg, ds, materialise=written)
+    members = written(members, "ring_members")
+    rings = written(rings, "rings")
     t["rings_s"] = round(time.time() - t0, 1)
     t0 = time.time()
-    hub_free = remove_hubs(g, hubs)
-    io.write_table(hub_free.edges.select("src", "dst", "edge_type", "weight"), out, ds, "score/edges")
+    score_edges = written(remove_hubs(g, hubs).edges.select("src", "dst", "edge_type", "weight"), "score/edges")
     t["score_edges_s"] = round(time.time() - t0, 1)
     t0 = time.time()
     he = pq.read_table(io.table_path(out, ds, "score/edges")).to_pandas()
     prop = propagate_reference(he, _usable_seeds(spark, tables["labels"], ds), cfg)
     t["propagation_reference_s"] = round(time.time() - t0, 1)
     # Explicit schema: with no usable label (an unlabelled world) the reference is empty.
-    io.write_table(spark.createDataFrame(prop, "id STRING, risk DOUBLE, seed BOOLEAN"), out, ds, "propagated")
+    propagated = written(spark.createDataFrame(prop, "id STRING, risk DOUBLE, seed BOOLEAN"), "propagated")
     t0 = time.time()
-
-    result = score_run(io.read_output(spark, out, ds, "rings"), io.read_output(spark, out, ds, "ring_members"),
-                       io.read_output(spark, out, ds, "score/edges"), signals, tables["labels"],
-                       io.read_output(spark, out, ds, "propagated"), cfg, ds, materialise=written)
+    result = score_run(rings, members, score_edges, signals, tables["labels"], propagated, cfg, ds,
+                       materialise=written)
     io.write_table(result.risk, out, ds, "risk")
     t["score_s"] = round(time.time() - t0, 1)
     t["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     sizes = comps.groupby("component").size()
     t["components"] = int(len(sizes))
     t["largest_component"] = int(sizes.max()) if len(sizes) else 0
-    t["rings"] = io.read_output(spark, out, ds, "rings").count()
+    t["rings"] = rings.count()
     return t
 
 

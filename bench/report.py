@@ -390,10 +390,10 @@ SCORING_BOUND = 0.5  # issue 6: scoring adds no more than 50% to the ring-discov
 
 def scoring_cost_rows(records: list[dict]) -> list[dict]:
     """Per timed record (one with ``events`` and every step's seconds), the seconds by stage and their ratios."""
+    steps = DISCOVERY_STEPS + SCORING_STEPS
     rows = []
     for r in records:
         t = (r.get("methods") or {}).get("ringfence") or {}
-        steps = DISCOVERY_STEPS + SCORING_STEPS
         if not r.get("events") or any(t.get(k) is None for k, _ in steps):
             continue
         discovery = sum(t[k] for k, _ in DISCOVERY_STEPS)
@@ -442,7 +442,7 @@ def render_scoring_cost(records: list[dict]) -> list[str]:
     L += _table(["world", "commit", "events"] + [name + " s" for _, name in DISCOVERY_STEPS + SCORING_STEPS]
                 + ["discovery s", "scoring s", "scoring / discovery", "Spark ratio", "propagation budget s",
                    "propagation on Spark, estimate s", "estimated ratio", "load (1 min) start → end"], cells)
-    L += ["", "*Propagation on Spark, estimate*: `bench/bench_propagation_cost.py`, the product's iteration "
+    L += ["*Propagation on Spark, estimate*: `bench/bench_propagation_cost.py`, the product's iteration "
           "(graph/propagate.py `spread`) with the message pass written as the joins GraphFrames' "
           "`aggregateMessages` performs, on the same edges and labels; its result matches the scipy reference "
           "(largest difference in risk below). *Estimated ratio*: Spark scoring with that estimate in place of "

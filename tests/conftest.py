@@ -58,6 +58,20 @@ def config():
     return load_config()
 
 
+@pytest.fixture
+def materialise_to_parquet(spark, tmp_path):
+    """``(materialise, names)``: a ``materialise(df, name)`` as the stages pass one (write Parquet, read it
+    back), and the names it was called with, in order."""
+    names: list[str] = []
+
+    def materialise(df, name):
+        names.append(name)
+        df.write.parquet(str(tmp_path / name))
+        return spark.read.parquet(str(tmp_path / name))
+
+    return materialise, names
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

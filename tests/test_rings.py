@@ -244,7 +244,7 @@ def test_ring_tables_count_members_by_type_and_density(spark):
         ("account", "a"), ("account", "b"), ("card", "k"), ("device", "d")]
 
 
-def test_discover_rings_end_to_end_over_two_nights(spark, config, tmp_path):
+def test_discover_rings_end_to_end_over_two_nights(spark, config, materialise_to_parquet):
     # Night 1: two 4-cliques joined by one weak edge (one component, two communities),
     # plus a pair too small to be a ring.
     night1 = clique("a", 4) + clique("b", 4, w=1.0) + [("account:a0", "account:b0", 0.01, 0.0)] \
@@ -261,13 +261,7 @@ def test_discover_rings_end_to_end_over_two_nights(spark, config, tmp_path):
     rings2, members2 = discover_rings(_components(spark, night2), _edges(spark, night2), config, D2,
                                       members1, rings1)
     # As the rings stage runs it: the communities written once and read back; the same tables.
-    written = []
-
-    def materialise(df, name):
-        written.append(name)
-        df.write.parquet(str(tmp_path / name))
-        return spark.read.parquet(str(tmp_path / name))
-
+    materialise, written = materialise_to_parquet
     rings_m, members_m = discover_rings(_components(spark, night2), _edges(spark, night2), config, D2,
                                         members1, rings1, materialise=materialise)
     assert written == ["candidates/communities"]

@@ -304,15 +304,10 @@ def test_members_tied_to_several_ring_accounts_gain_the_tied_term(spark, config,
     assert scores[("device", "d-mu")]["logit"] == pytest.approx(scores0[("device", "d-mu")]["logit"])
 
 
-def test_materialised_tables_are_each_written_once_and_change_nothing(spark, config, inputs, world, tmp_path):
+def test_materialised_tables_are_each_written_once_and_change_nothing(spark, config, inputs, world,
+                                                                      materialise_to_parquet):
     # The score stage passes a write-and-read-back, so each table that feeds later ones is computed once.
-    written = []
-
-    def materialise(df, name):
-        written.append(name)
-        df.write.parquet(str(tmp_path / name))
-        return spark.read.parquet(str(tmp_path / name))
-
+    materialise, written = materialise_to_parquet
     res = SC.score_run(inputs["rings"], inputs["ring_members"], inputs["edges"], inputs["signals"],
                        labels_df(spark, [WRONG_LABEL]), None, config, DS, materialise=materialise)
     assert written == ["score/infrastructure", "ring_scores", "entity_scores"]
