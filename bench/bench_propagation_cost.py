@@ -5,7 +5,7 @@ fetched on this machine, so bench_quality.py computes the propagation with scipy
 time says nothing about a cluster. This script estimates the Spark cost: it runs the product's iteration
 (same edges, seeds, update, clamping and checkpoint cadence, from graph/propagate.py) with each message pass
 written as the joins GraphFrames performs for ``aggregateMessages`` -- edges joined to their source and
-destination vertices (the triplets), one message per end, summed per vertex. It is a cost estimate for the
+destination vertices (the triplets), one message per end joined back to the vertex table, summed per vertex. It is a cost estimate for the
 benchmark report, not a fallback: the product has none. Its result is compared with the scipy reference that
 bench_quality wrote (largest absolute difference in risk), so the estimate is known to compute the same thing.
 
@@ -40,13 +40,19 @@ RESULTS = REPO / "bench" / "results" / "quality.jsonl"
 
 
 def message_sums(vertices: DataFrame, e: DataFrame) -> DataFrame:
-    """(id, _sum) of ``w * risk`` from every neighbour, edges undirected: aggregateMessages as plain joins."""
+    """(id, _sum) of ``w * risk`` from every neighbour, edges undirected: aggregateMessages as plain joins.
+
+    The joins GraphFrames ``aggregateMessages`` runs: the triplets (edges joined to their source and their
+    destination vertex), one message per end, each message joined to the vertex table again (GraphFrames
+    sends only to vertices that exist), then summed per vertex.
+    """
     src = vertices.select(F.col(ID).alias("_s"), F.col(RISK).alias("_rs"))
     dst = vertices.select(F.col(ID).alias("_d"), F.col(RISK).alias("_rd"))
     triplets = e.join(src, e[SRC] == src["_s"]).join(dst, e[DST] == dst["_d"])
-    messages = (triplets.select(F.col(SRC).alias(ID), (F.col(_W) * F.col("_rd")).alias("_m"))
-                .unionByName(triplets.select(F.col(DST).alias(ID), (F.col(_W) * F.col("_rs")).alias("_m"))))
-    return messages.groupBy(ID).agg(F.sum("_m").alias(_SUM))
+    ids = vertices.select(ID)
+    to_src = triplets.select(F.col(SRC).alias(ID), (F.col(_W) * F.col("_rd")).alias("_m")).join(ids, ID)
+    to_dst = triplets.select(F.col(DST).alias(ID), (F.col(_W) * F.col("_rs")).alias("_m")).join(ids, ID)
+    return to_src.unionByName(to_dst).groupBy(ID).agg(F.sum("_m").alias(_SUM))
 
 
 def propagate_estimate(edges: DataFrame, usable: DataFrame, cfg: RingfenceConfig) -> tuple[DataFrame, list[float]]:

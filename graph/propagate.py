@@ -29,15 +29,23 @@ the decay), so it cannot taint the whole community. The graph should be the
 hub-free one (``graph.hubs.remove_hubs``): a NAT IP or a giant merchant
 would otherwise average risk over thousands of strangers.
 
+The iteration runs on 64-bit vertex keys (``xxhash64`` of the id) rather
+than the string ids: every message pass joins and shuffles the whole edge
+list, and long keys make that about twice as fast (bench/README.md, "Cost of
+propagation"). The key is checked for collisions once per run; a run whose
+ids collide under it (odds about 1e-7 at 2.6M vertices) logs a warning and
+iterates on the ids themselves, with the same result.
+
 Without the GraphFrames jars this raises
 :class:`graph.session.GraphFramesUnavailable`; there is no fallback.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from graph.config import RingfenceConfig
@@ -53,6 +61,9 @@ _W = "w"          # edge: propagation weight
 _STRENGTH = "_strength"
 _Y = "_y"
 _SUM = "_sum"
+_KEY = "_key"
+
+log = logging.getLogger(__name__)
 
 
 def seeds(usable_labels: DataFrame) -> DataFrame:
@@ -77,6 +88,11 @@ def propagation_edges(edges: DataFrame, cfg: RingfenceConfig) -> DataFrame:
             .where(F.col(_W) > 0))
 
 
+def xxhash64_key(c: Column) -> Column:
+    """The default vertex key: ``xxhash64`` of the id (null stays null, so it joins nothing, as the id would)."""
+    return F.when(c.isNotNull(), F.xxhash64(c))
+
+
 def propagate_risk(spark: SparkSession, edges: DataFrame, usable_labels: DataFrame,
                    cfg: RingfenceConfig) -> DataFrame:
     """``(id, risk, seed)`` for every vertex of ``edges`` with risk > 0 after propagation.
@@ -91,8 +107,9 @@ def propagate_risk(spark: SparkSession, edges: DataFrame, usable_labels: DataFra
     from graphframes.lib import AggregateMessages as AM
 
     def message_sums(vertices: DataFrame, e: DataFrame) -> DataFrame:
-        # Edges are undirected for risk: each end hears the other.
-        return GraphFrame(vertices, e).aggregateMessages(
+        # Edges are undirected for risk: each end hears the other. The triplets carry
+        # every vertex column, so only the risk goes in.
+        return GraphFrame(vertices.select(ID, RISK), e).aggregateMessages(
             [F.sum(AM.msg).alias(_SUM)],
             sendToSrc=AM.edge[_W] * AM.dst[RISK],
             sendToDst=AM.edge[_W] * AM.src[RISK],
@@ -104,7 +121,8 @@ def propagate_risk(spark: SparkSession, edges: DataFrame, usable_labels: DataFra
 
 def spread(e: DataFrame, usable_labels: DataFrame, cfg: RingfenceConfig,
            message_sums: Callable[[DataFrame, DataFrame], DataFrame],
-           on_iteration: Callable[[int], None] | None = None) -> DataFrame:
+           on_iteration: Callable[[int], None] | None = None,
+           vertex_key: Callable[[Column], Column] = xxhash64_key) -> DataFrame:
     """The iteration of :func:`propagate_risk` around its message pass; ``(id, _strength, _y, risk)`` per vertex.
 
     ``e``: :func:`propagation_edges`. ``message_sums(vertices, e)`` gives ``(id, _sum)``, the sum of
@@ -115,10 +133,17 @@ def spread(e: DataFrame, usable_labels: DataFrame, cfg: RingfenceConfig,
     keep = 1.0 - conf.propagation_alpha
     ends = e.select(F.col(SRC).alias(ID), _W).unionByName(e.select(F.col(DST).alias(ID), _W))
     strength = ends.groupBy(ID).agg(F.sum(_W).alias(_STRENGTH))
-    vertices = (strength.join(seeds(usable_labels), ID, "full_outer")
-                .withColumn(_STRENGTH, F.coalesce(F.col(_STRENGTH), F.lit(0.0)))
-                .withColumn(RISK, F.coalesce(F.col(_Y), F.lit(0.0)))
-                .checkpoint())
+    named = (strength.join(seeds(usable_labels), ID, "full_outer")
+             .withColumn(_STRENGTH, F.coalesce(F.col(_STRENGTH), F.lit(0.0)))
+             .withColumn(RISK, F.coalesce(F.col(_Y), F.lit(0.0)))
+             .withColumn(_KEY, vertex_key(F.col(ID)))
+             .checkpoint())
+    keyed = _keys_unique(named)
+    if keyed:
+        def key(c: str) -> Column:
+            return vertex_key(F.col(c))
+        e = e.select(key(SRC).alias(SRC), key(DST).alias(DST), _W)
+    vertices = named.select(F.col(_KEY if keyed else ID).alias(ID), _STRENGTH, _Y, RISK)
     for i in range(conf.propagation_iterations):
         messages = message_sums(vertices, e)
         mean = F.coalesce(F.col(_SUM), F.lit(0.0)) / (F.col(_STRENGTH) + F.lit(conf.propagation_smoothing))
@@ -138,4 +163,17 @@ def spread(e: DataFrame, usable_labels: DataFrame, cfg: RingfenceConfig,
         vertices = nxt
         if on_iteration is not None:
             on_iteration(i)
-    return vertices
+    if not keyed:
+        return vertices
+    names = named.select(F.col(ID).alias("_name"), F.col(_KEY).alias(ID))
+    return vertices.join(names, ID).select(F.col("_name").alias(ID), _STRENGTH, _Y, RISK)
+
+
+def _keys_unique(named: DataFrame) -> bool:
+    """True when no two vertex ids share a key; otherwise a warning, and the iteration keeps the ids."""
+    row = named.agg(F.count(_KEY).alias("n"), F.countDistinct(_KEY).alias("keys")).first()  # one row
+    if row["n"] == row["keys"]:
+        return True
+    log.warning("propagation: %d of %d vertex ids collide under the 64-bit key; iterating on the ids "
+                "instead (same result, slower)", row["n"] - row["keys"], row["n"])
+    return False

@@ -13,12 +13,14 @@ cost estimator of bench/bench_propagation_cost.py, which this also checks.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import random
 import sys
 from pathlib import Path
 
 import pytest
 from blocked import needs_graphframes
+from pyspark.sql import functions as F
 
 from graph.propagate import ID, RISK, propagate_risk, propagation_edges, spread
 
@@ -148,11 +150,13 @@ def test_graphframes_propagation_equals_the_reference(spark, config, seed):
 
 @pytest.mark.spark
 @pytest.mark.parametrize("seed", [0, 1])
-def test_the_iteration_around_the_message_pass_equals_the_reference(spark, config, seed):
+def test_the_iteration_around_the_message_pass_equals_the_reference(spark, config, seed, caplog):
     e, labels, want = _spark_case(spark, config, seed)
     done = []
-    vertices = spread(propagation_edges(e, config), labels, config, message_sums, on_iteration=done.append)
-    got = {r[ID]: r[RISK] for r in vertices.collect()}
+    with caplog.at_level(logging.WARNING, logger="graph.propagate"):
+        vertices = spread(propagation_edges(e, config), labels, config, message_sums, on_iteration=done.append)
+        got = {r[ID]: r[RISK] for r in vertices.collect()}
+    assert "collide" not in caplog.text  # the iteration ran on the 64-bit keys
     assert done == list(range(config.scoring.propagation_iterations))
     assert set(got) == set(want)
     for v, x in got.items():
@@ -161,3 +165,17 @@ def test_the_iteration_around_the_message_pass_equals_the_reference(spark, confi
     seeded = {f"account:{r['entity_id']}" for r in labels.collect()}
     assert {want[v] for v in seeded} == {0.0, 1.0}
     assert any(0 < x < 1 for v, x in want.items() if v not in seeded)
+
+
+@pytest.mark.spark
+def test_ids_that_collide_under_the_key_are_iterated_on_themselves(spark, config, caplog):
+    # A key that many ids share (their length): merging those vertices would change every risk.
+    e, labels, want = _spark_case(spark, config, 2)
+    with caplog.at_level(logging.WARNING, logger="graph.propagate"):
+        vertices = spread(propagation_edges(e, config), labels, config, message_sums,
+                          vertex_key=lambda c: F.length(c).cast("long"))
+        got = {r[ID]: r[RISK] for r in vertices.collect()}
+    assert "collide under the 64-bit key" in caplog.text
+    assert set(got) == set(want)
+    for v, x in got.items():
+        assert x == pytest.approx(want[v], rel=1e-9, abs=1e-12)
