@@ -1,9 +1,10 @@
 """Fit the scoring weights and thresholds of graph/score.py against generated-world truth (issue 6).
 
 Input: bench work dirs of ``bench/bench_quality.py --methods ringfence`` and their
-worlds. From ``WORK/ringfence/ds=D/`` it reads ``entity_scores`` (every scored
-entity with its ``f_*`` features, ring attachment, link strength, label and
-propagated risk), ``ring_scores`` (every ring with its pooled ``f_*`` features,
+worlds. From ``WORK/ringfence/ds=D/`` it reads ``calibration/entity_scores``
+(every scored entity with its ``f_*`` features, ring attachment, link strength,
+label and propagated risk; the product's ``entity_scores`` stores only a part),
+``ring_scores`` (every ring with its pooled ``f_*`` features,
 density, shared and money-flow shares, label counts, mean propagated risk) and
 ``ring_members``; from the world ``truth/rings``, ``truth/confounders`` and
 ``accounts``. None of those features depends on the weights, so the script
@@ -109,7 +110,10 @@ class World:
     def __init__(self, work: str, world: str, ds: str, money_ramp: tuple[float, float]):
         self.name = f"{work} ({world})"
         base = Path(work) / "ringfence" / f"ds={ds}"
-        e = pd.read_parquet(base / "entity_scores")
+        if not (base / "calibration" / "entity_scores").exists():
+            raise SystemExit(f"{base} has no calibration/entity_scores (every scored entity): a bench run from "
+                             "before bench_quality.py wrote it; rerun bench_quality.py")
+        e = pd.read_parquet(base / "calibration" / "entity_scores")
         r = pd.read_parquet(base / "ring_scores")
         m = pd.read_parquet(base / "ring_members", columns=["ring_id", "entity_type", "entity_id", "net_flow"])
         truth = pd.read_parquet(Path(world) / "truth" / "rings",
@@ -132,7 +136,7 @@ class World:
         for col, what in (("f_ring_shared", "scored members' shared infrastructure"),
                           ("f_ring_tied", "scored members' links into their ring")):
             if col not in e:
-                raise SystemExit(f"{base}/entity_scores has no {col}: a bench run from before graph/score.py "
+                raise SystemExit(f"{base}/calibration/entity_scores has no {col}: a bench run from before graph/score.py "
                                  f"{what}; rerun bench_quality.py")
         if "money_flow_evidence" not in r:
             raise SystemExit(f"{base}/ring_scores has no money_flow_evidence: a bench run from before "

@@ -323,6 +323,9 @@ class ScoringConf(_Section):
     trusted_label_score: float = Field(0.99, ge=0.0, le=1.0)
     # Propagated risk below this is not given as a reason.
     reason_min_propagated: float = Field(0.1, ge=0.0, le=1.0)
+    # entity_scores/ keeps entities scoring at least this, and every listed or labelled entity and every
+    # member or link of a listed ring; 0 keeps every scored entity (graph/score.py, "Stored scores").
+    entity_scores_min_score: float = Field(0.01, ge=0.0, le=1.0)
 
     @field_validator("thresholds")
     @classmethod

@@ -164,7 +164,7 @@ type parameters in conf/default.yaml are fitted by bench/calibrate_scores.py
 against generated-world truth (non-negative logistic regressions of ring and
 entity truth, then a threshold search under the false-positive target);
 ``entity_scores`` and ``ring_scores`` keep every feature and each term
-(``c_*``) for that.
+(``c_*``) for that (the bench writes every scored entity for it, see below).
 
 Listing
 -------
@@ -191,6 +191,18 @@ infrastructure on accounts ("shares device d-81f with 6 other ring
 accounts"), the label ("labelled mule by investigator on 2026-11-02"), the
 entity's ``signal_reasons``, propagated risk, and, only when nothing else
 applies, the evidence values themselves.
+
+Stored scores
+-------------
+``entity_scores/`` keeps what an investigator or a later night can use:
+every entity with ``score >= scoring.entity_scores_min_score`` (0.01), every
+listed or labelled entity, and every member or link of a listed ring, with
+all its features, terms and reasons. The rest are entities of which nothing
+is known beyond their activity (on the 10M-event world 2.4M of 2.57M, with
+scores near ``sigmoid(bias)``, about 0.0002): writing them doubled the cost
+of the score stage (docs/benchmarks.md). ``risk/`` is unaffected, as every
+listed entity is kept. With the setting at 0 every scored entity is kept;
+``bench/bench_quality.py`` writes that full table apart, for calibration.
 
 Everything is Spark SQL over DataFrames; nothing grows on the driver.
 """
@@ -916,6 +928,15 @@ def _entity_reasons(cfg: RingfenceConfig, in_listed_ring: Column) -> Column:
     return F.when(F.size(reasons) > 0, reasons).otherwise(F.array(fallback))
 
 
+def stored_scores(scores: DataFrame, cfg: RingfenceConfig) -> DataFrame:
+    """The rows of ``entity_scores`` worth storing (module docstring, "Stored scores"); every listed one."""
+    floor = cfg.scoring.entity_scores_min_score
+    if floor <= 0:
+        return scores
+    c = F.col
+    return scores.where((c(SCORE) >= floor) | c(LISTED) | c(LABEL).isNotNull() | c(RING_ID).isNotNull())
+
+
 def risk_list(scores: DataFrame, cfg: RingfenceConfig, ds: dt.date) -> DataFrame:
     """The ``risk/`` table: listed rows of ``entity_scores`` in ``RISK_SCHEMA``; expiry = end of ds + TTL."""
     _require(scores, "entity scores", (*KEYS, SCORE, RING_ID, RING_TYPE, REASONS, LISTED))
@@ -939,7 +960,7 @@ def score_entities(
 @dataclass(frozen=True)
 class ScoreResult:
     rings: DataFrame          # typed_rings: every ring with type, score, reasons, evidence
-    scores: DataFrame         # entity_scores: every scored entity, unthresholded
+    scores: DataFrame         # entity_scores: the stored entity scores (stored_scores), unthresholded
     risk: DataFrame           # the risk/ table (RISK_SCHEMA)
 
 
@@ -966,6 +987,6 @@ def score_run(
     infra = keep(ring_infrastructure(ring_members, edges), "score/infrastructure")
     typed = keep(type_rings(ring_features(rings, ring_members, infra, signals, labels, cutoff, cfg, propagated),
                             cfg), "ring_scores")
-    scores = keep(entity_scores(signals, ring_members, typed, infra, labels, propagated, cfg, ds, cutoff),
-                  "entity_scores")
+    scores = keep(stored_scores(entity_scores(signals, ring_members, typed, infra, labels, propagated, cfg, ds,
+                                              cutoff), cfg), "entity_scores")
     return ScoreResult(rings=typed, scores=scores, risk=risk_list(scores, cfg, ds))

@@ -141,9 +141,14 @@ def labels_df(spark, rows=()):
     return spark.createDataFrame(list(rows), spark_ddl(INPUT_SCHEMAS["labels"]))
 
 
+def every_score(cfg):
+    """``cfg`` keeping every scored entity in ``entity_scores`` (the tests read unremarkable ones too)."""
+    return cfg.model_copy(update={"scoring": cfg.scoring.model_copy(update={"entity_scores_min_score": 0.0})})
+
+
 def run(spark, config, inputs, labels=(), propagated=None, cfg=None):
-    """(typed rings by id, entity score rows by (type, id), risk rows by (type, id)); all tiny."""
-    cfg = cfg or config
+    """(typed rings by id, entity score rows by (type, id), risk rows by (type, id)); all tiny; every score."""
+    cfg = every_score(cfg or config)
     res = SC.score_run(inputs["rings"], inputs["ring_members"], inputs["edges"], inputs["signals"],
                        labels_df(spark, labels), propagated, cfg, DS)
     # Cached so the entity scores reuse the typed rings instead of recomputing them.
@@ -309,13 +314,31 @@ def test_materialised_tables_are_each_written_once_and_change_nothing(spark, con
     # The score stage passes a write-and-read-back, so each table that feeds later ones is computed once.
     materialise, written = materialise_to_parquet
     res = SC.score_run(inputs["rings"], inputs["ring_members"], inputs["edges"], inputs["signals"],
-                       labels_df(spark, [WRONG_LABEL]), None, config, DS, materialise=materialise)
+                       labels_df(spark, [WRONG_LABEL]), None, every_score(config), DS, materialise=materialise)
     assert written == ["score/infrastructure", "ring_scores", "entity_scores"]
     rings, scores, risk, _ = world
     assert {r["ring_id"]: r.asDict() for r in res.rings.collect()} == {k: r.asDict() for k, r in rings.items()}
     assert {(r["entity_type"], r["entity_id"]): r.asDict() for r in res.risk.collect()} == {
         k: r.asDict() for k, r in risk.items()}
     assert res.scores.count() == len(scores) > len(risk) > 0
+
+
+def test_stored_scores_leave_out_only_unremarkable_entities(spark, config, inputs, world):
+    _, scores, risk, _ = world  # every scored entity
+    floor = config.scoring.entity_scores_min_score
+    assert floor > 0  # the default stores a part
+    res = SC.score_run(inputs["rings"], inputs["ring_members"], inputs["edges"], inputs["signals"],
+                       labels_df(spark, [WRONG_LABEL]), None, config, DS)
+    stored = {(r["entity_type"], r["entity_id"]) for r in res.scores.collect()}
+    left_out = set(scores) - stored
+    assert stored <= set(scores) and left_out  # the tiny world has entities nothing is known of
+    for k in left_out:
+        r = scores[k]
+        assert r["score"] < floor and not r["listed"] and r["label"] is None and r["ring_id"] is None
+    # Kept below the floor: labelled entities and members or links of listed rings.
+    kept_low = {k for k in stored if scores[k]["score"] < floor}
+    assert any(scores[k]["ring_id"] is not None for k in kept_low)
+    assert {(r["entity_type"], r["entity_id"]) for r in res.risk.collect()} == set(risk)
 
 
 def test_missing_ring_links_is_a_clear_error(spark, config, inputs):
