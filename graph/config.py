@@ -289,6 +289,9 @@ class ScoringConf(_Section):
     propagation_smoothing: float = Field(1.0, ge=0.0)
     # Checkpoint the vertex table every N iterations (cuts the lineage).
     propagation_checkpoint_interval: int = Field(3, ge=1)
+    # Propagated risk below this is left out of the propagated table (as 0): it would move a logit by less
+    # than weights.propagated x this. 0 keeps every vertex with risk > 0.
+    propagation_min_risk: float = Field(0.001, ge=0.0, le=1.0)
 
     @field_validator("propagation_edge_factors")
     @classmethod

@@ -199,8 +199,8 @@ every entity with ``score >= scoring.entity_scores_min_score`` (0.01), every
 listed or labelled entity, and every member or link of a listed ring, with
 all its features, terms and reasons. The rest are entities of which nothing
 is known beyond their activity (on the 10M-event world 2.4M of 2.57M, with
-scores near ``sigmoid(bias)``, about 0.0002): writing them doubled the cost
-of the score stage (docs/benchmarks.md). ``risk/`` is unaffected, as every
+scores near ``sigmoid(bias)``, about 0.0002): writing them took about 30
+of the score stage's 118 s there (docs/benchmarks.md). ``risk/`` is unaffected, as every
 listed entity is kept. With the setting at 0 every scored entity is kept;
 ``bench/bench_quality.py`` writes that full table apart, for calibration.
 

@@ -22,7 +22,7 @@ import pytest
 from blocked import needs_graphframes
 from pyspark.sql import functions as F
 
-from graph.propagate import ID, RISK, propagate_risk, propagation_edges, spread
+from graph.propagate import ID, RISK, kept_risk, propagate_risk, propagation_edges, spread
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from bench_propagation_cost import message_sums  # noqa: E402
@@ -143,7 +143,7 @@ def _spark_case(spark, config, seed: int):
 def test_graphframes_propagation_equals_the_reference(spark, config, seed):
     e, labels, want = _spark_case(spark, config, seed)
     got = {r["id"]: r["risk"] for r in propagate_risk(spark, e, labels, config).collect()}
-    assert set(got) == {v for v, x in want.items() if x > 0}
+    assert set(got) == {v for v, x in want.items() if x > 0 and x >= config.scoring.propagation_min_risk}
     for v, x in got.items():
         assert x == pytest.approx(want[v], rel=1e-9, abs=1e-12)
 
@@ -179,3 +179,21 @@ def test_ids_that_collide_under_the_key_are_iterated_on_themselves(spark, config
     assert set(got) == set(want)
     for v, x in got.items():
         assert x == pytest.approx(want[v], rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.spark
+def test_risk_below_the_floor_is_not_stored(spark, config):
+    # Down a chain from one fraud seed risk falls below scoring.propagation_min_risk after a few hops.
+    floor = config.scoring.propagation_min_risk
+    edges = chain(12)
+    want = reference(edges, {"account:c0": 1.0}, alpha=config.scoring.propagation_alpha,
+                     smoothing=config.scoring.propagation_smoothing, iterations=config.scoring.propagation_iterations)
+    assert any(0 < x < floor for x in want.values()) and sum(x >= floor for x in want.values()) > 2
+    e = spark.createDataFrame([(a, b, "transfer", w) for a, b, w in edges],
+                              "src string, dst string, edge_type string, weight double")
+    labels = spark.createDataFrame([("account", "c0", "mule", dt.datetime(2026, 1, 1), "test")],
+                                   "entity_type string, entity_id string, label string, labeled_at timestamp, "
+                                   "source string")
+    vertices = spread(propagation_edges(e, config), labels, config, message_sums)
+    got = {r[ID] for r in vertices.where(kept_risk(F.col(RISK), config)).collect()}
+    assert got == {v for v, x in want.items() if x >= floor}
