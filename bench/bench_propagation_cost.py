@@ -10,7 +10,8 @@ benchmark report, not a fallback: the product has none. Its result is compared w
 bench_quality wrote (largest absolute difference in risk), so the estimate is known to compute the same thing.
 
 Input: a bench_quality work dir (its ``ringfence/ds=D/score/edges`` and ``propagated``) and the run it read
-(``clean/labels``). Appends the timing to the record of that work dir's label in ``quality.jsonl`` as
+(``clean/labels``). Writes its result to ``WORK/_propagation_estimate`` (timed, as the product writes
+``propagated``). Appends the timing to the record of that work dir's label in ``quality.jsonl`` as
 ``propagation_spark_estimate_s`` (the record's other fields unchanged), so report.py can show it.
 
     .venv/bin/python bench/bench_propagation_cost.py --run OUT --work DIR --ds 2026-11-24 --label L [--conf C]
@@ -34,7 +35,7 @@ from pyspark.sql import functions as F  # noqa: E402
 
 from graph import io  # noqa: E402
 from graph.config import RingfenceConfig, load_config  # noqa: E402
-from graph.propagate import _SUM, _W, DST, ID, RISK, SRC, propagation_edges, spread  # noqa: E402
+from graph.propagate import _SUM, _W, DST, ID, RISK, SRC, kept_risk, propagation_edges, spread  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "quality.jsonl"
 
@@ -55,10 +56,12 @@ def message_sums(vertices: DataFrame, e: DataFrame) -> DataFrame:
     return to_src.unionByName(to_dst).groupBy(ID).agg(F.sum("_m").alias(_SUM))
 
 
-def propagate_estimate(edges: DataFrame, usable: DataFrame, cfg: RingfenceConfig) -> tuple[DataFrame, list[float]]:
-    """The product's propagation (graph/propagate.py ``spread``) with ``message_sums`` as its message pass;
-    returns (id, risk) and the seconds of each iteration (each is materialised, by checkpoint or count; the
-    first also holds building the initial vertex table)."""
+def propagate_estimate(edges: DataFrame, usable: DataFrame, cfg: RingfenceConfig,
+                       out: Path) -> tuple[DataFrame, list[float]]:
+    """The product's propagation (graph/propagate.py ``spread``, stored risks only) with ``message_sums`` as its
+    message pass, written to ``out`` as the product writes ``propagated``; returns (id, risk) read back and the
+    seconds of each iteration (each is materialised, by checkpoint or count; the first also holds building the
+    vertex tables, the last also the write)."""
     per_iteration: list[float] = []
     t0 = [time.perf_counter()]
 
@@ -68,7 +71,9 @@ def propagate_estimate(edges: DataFrame, usable: DataFrame, cfg: RingfenceConfig
         t0[0] = now
 
     vertices = spread(propagation_edges(edges, cfg), usable, cfg, message_sums, on_iteration=tick)
-    return vertices.select(ID, RISK), per_iteration
+    vertices.where(kept_risk(F.col(RISK), cfg)).select(ID, RISK).write.mode("overwrite").parquet(str(out))
+    per_iteration[-1] = round(per_iteration[-1] + time.perf_counter() - t0[0], 1)
+    return edges.sparkSession.read.parquet(str(out)), per_iteration
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = io.read_output(spark, args.run, args.ds, "clean/labels")
     load_start = [round(x, 2) for x in os.getloadavg()]
     t0 = time.perf_counter()
-    risk, per_iteration = propagate_estimate(edges, usable_labels(labels, label_cutoff(args.ds)), cfg)
+    risk, per_iteration = propagate_estimate(edges, usable_labels(labels, label_cutoff(args.ds)), cfg,
+                                             Path(args.work) / "_propagation_estimate")
     seconds = round(time.perf_counter() - t0, 1)
     # Against the scipy reference bench_quality wrote (vertices with risk > 0 there; 0 elsewhere).
     ref = io.read_output(spark, out, args.ds, "propagated").select(ID, F.col(RISK).alias("_ref"))

@@ -197,3 +197,29 @@ def test_risk_below_the_floor_is_not_stored(spark, config):
     vertices = spread(propagation_edges(e, config), labels, config, message_sums)
     got = {r[ID] for r in vertices.where(kept_risk(F.col(RISK), config)).collect()}
     assert got == {v for v, x in want.items() if x >= floor}
+
+
+@pytest.mark.spark
+def test_leaves_folded_out_of_the_iteration_get_the_reference_risk(spark, config):
+    # Unlabelled one-neighbour vertices leave the iteration (their echo is folded into the parent):
+    # a hub with plain leaves and a leaf tied by two edges, a labelled leaf (a seed stays in), a chain
+    # ending in a leaf, an unlabelled two-vertex piece, and a two-vertex piece with a seed.
+    a = "account:"
+    edges = [(a + "hub", a + f"l{i}", 1.0 + i / 4) for i in range(4)]
+    edges += [(a + "hub", a + "twice", 0.7), (a + "twice", a + "hub", 1.3), (a + "hub", a + "seed", 2.0),
+              (a + "hub", a + "c1", 1.0), (a + "c1", a + "c2", 0.5), (a + "c2", a + "tip", 2.5),
+              (a + "p1", a + "p2", 1.0), (a + "s1", a + "s2", 1.5)]
+    labelled = {a + "seed": 1.0, a + "s1": 1.0, a + "l3": 0.0}
+    want = reference(edges, labelled, alpha=config.scoring.propagation_alpha,
+                     smoothing=config.scoring.propagation_smoothing, iterations=config.scoring.propagation_iterations)
+    assert all(want[a + v] > 0 for v in ("l0", "twice", "hub", "tip", "s2")) and want[a + "p1"] == 0.0
+    e = spark.createDataFrame([(x, y, "transfer", w) for x, y, w in edges],
+                              "src string, dst string, edge_type string, weight double")
+    labels = spark.createDataFrame(
+        [("account", v.split(":", 1)[1], "mule" if y else "legit", dt.datetime(2026, 1, 1), "test")
+         for v, y in labelled.items()],
+        "entity_type string, entity_id string, label string, labeled_at timestamp, source string")
+    got = {r[ID]: r[RISK] for r in spread(propagation_edges(e, config), labels, config, message_sums).collect()}
+    assert set(got) == set(want)
+    for v, x in got.items():
+        assert x == pytest.approx(want[v], rel=1e-9, abs=1e-12), v
