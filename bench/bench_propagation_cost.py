@@ -10,7 +10,7 @@ benchmark report, not a fallback: the product has none. Its result is compared w
 bench_quality wrote (largest absolute difference in risk), so the estimate is known to compute the same thing.
 
 Input: a bench_quality work dir (its ``ringfence/ds=D/score/edges`` and ``propagated``) and the run it read
-(``clean/labels``). Writes its result to ``WORK/_propagation_estimate`` (timed, as the product writes
+(``clean/labels``). Writes its result to ``WORK/propagation_estimate`` (timed, as the product writes
 ``propagated``). Appends the timing to the record of that work dir's label in ``quality.jsonl`` as
 ``propagation_spark_estimate_s`` (the record's other fields unchanged), so report.py can show it.
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = [round(x, 2) for x in os.getloadavg()]
     t0 = time.perf_counter()
     risk, per_iteration = propagate_estimate(edges, usable_labels(labels, label_cutoff(args.ds)), cfg,
-                                             Path(args.work) / "_propagation_estimate")
+                                             Path(args.work) / "propagation_estimate")
     seconds = round(time.perf_counter() - t0, 1)
     # Against the scipy reference bench_quality wrote (vertices with risk > 0 there; 0 elsewhere).
     ref = io.read_output(spark, out, args.ds, "propagated").select(ID, F.col(RISK).alias("_ref"))
