@@ -154,24 +154,25 @@ def spread(e: DataFrame, usable_labels: DataFrame, cfg: RingfenceConfig,
     keep = 1.0 - conf.propagation_alpha
     smooth = F.lit(conf.propagation_smoothing)
     c = F.col
+    labelled = seeds(usable_labels)
+    # Every vertex id once with its key: checked for collisions, and used to name the result.
+    names = (e.select(c(SRC).alias(ID)).union(e.select(c(DST).alias(ID))).union(labelled.select(ID))
+             .distinct().withColumn(_KEY, vertex_key(c(ID))).checkpoint())
+    keyed = _keys_unique(names)
+
+    def key(name: str) -> Column:
+        return vertex_key(c(name)) if keyed else c(name)
+
+    e = e.select(key(SRC).alias(SRC), key(DST).alias(DST), _W)
     ends = (e.select(c(SRC).alias(ID), c(DST).alias(_NBR), _W)
             .unionByName(e.select(c(DST).alias(ID), c(SRC).alias(_NBR), _W)))
     # One pass over the edge ends: strength, and the least and greatest neighbour (equal for a leaf).
     per_vertex = ends.groupBy(ID).agg(F.sum(_W).alias(_STRENGTH), F.min(_NBR).alias(_LO),
                                       F.max(_NBR).alias(_HI))
-    named = (per_vertex.join(seeds(usable_labels), ID, "full_outer")
+    table = (per_vertex.join(labelled.select(key(ID).alias(ID), _Y), ID, "full_outer")
              .withColumn(_STRENGTH, F.coalesce(c(_STRENGTH), F.lit(0.0)))
              .withColumn(RISK, F.coalesce(c(_Y), F.lit(0.0)))
-             .withColumn(_KEY, vertex_key(c(ID)))
              .checkpoint())
-    keyed = _keys_unique(named)
-    if keyed:
-        def key(name: str) -> Column:
-            return vertex_key(c(name))
-        e = e.select(key(SRC).alias(SRC), key(DST).alias(DST), _W)
-        table = named.select(key(ID).alias(ID), _STRENGTH, _Y, RISK, key(_LO).alias(_LO), key(_HI).alias(_HI))
-    else:
-        table = named.select(ID, _STRENGTH, _Y, RISK, _LO, _HI)
 
     # Leaves (unlabelled, one neighbour) leave the iteration: a leaf's risk is its parent's of the
     # iteration before, times c = keep * w / (w + s), and what it sends back is folded into the parent's
@@ -218,13 +219,12 @@ def spread(e: DataFrame, usable_labels: DataFrame, cfg: RingfenceConfig,
                 F.coalesce(c(_C) * c(_PREV), F.lit(0.0)).alias(RISK)))
     if not keyed:
         return every
-    names = named.select(c(ID).alias("_name"), c(_KEY).alias(ID))
-    return every.join(names, ID).select(c("_name").alias(ID), _STRENGTH, _Y, RISK)
+    return every.join(names.select(c(ID).alias("_name"), c(_KEY).alias(ID)), ID).select(c("_name").alias(ID), _STRENGTH, _Y, RISK)
 
 
-def _keys_unique(named: DataFrame) -> bool:
+def _keys_unique(names: DataFrame) -> bool:
     """True when no two vertex ids share a key; otherwise a warning, and the iteration keeps the ids."""
-    row = named.agg(F.count(_KEY).alias("n"), F.countDistinct(_KEY).alias("keys")).first()  # one row
+    row = names.agg(F.count(_KEY).alias("n"), F.countDistinct(_KEY).alias("keys")).first()  # one row
     if row["n"] == row["keys"]:
         return True
     log.warning("propagation: %d of %d vertex ids collide under the 64-bit key; iterating on the ids "

@@ -531,8 +531,10 @@ def ring_infrastructure(ring_members: DataFrame, edges: DataFrame) -> DataFrame:
     """
     _require(ring_members, "ring_members", MEMBERS_REQUIRED)
     _require(edges, "edges", EDGES_REQUIRED)
+    # No distinct: graph.build groups edges by (src, dst, edge_type) and each of these types has its own
+    # kind of dst, so an (account, identifier) pair is one edge already (hub removal only drops edges).
     uses = (edges.where(F.col(EDGE_TYPE).isin(*INFRA_EDGE_TYPES))
-            .select(F.col(SRC).alias(ACCOUNT_VERTEX), F.col(DST).alias(VIA_VERTEX)).distinct())
+            .select(F.col(SRC).alias(ACCOUNT_VERTEX), F.col(DST).alias(VIA_VERTEX)))
     totals = uses.groupBy(VIA_VERTEX).agg(F.count(F.lit(1)).alias(ACCOUNTS))
     ring_accounts = ring_members.where(F.col(ENTITY_TYPE) == "account").select(
         RING_ID, F.col(MEMBER_VERTEX).alias(ACCOUNT_VERTEX)).distinct()
