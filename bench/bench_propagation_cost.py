@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     risk, per_iteration = propagate_estimate(edges, usable_labels(labels, label_cutoff(args.ds)), cfg,
                                              Path(args.work) / "propagation_estimate")
     seconds = round(time.perf_counter() - t0, 1)
-    # Against the scipy reference bench_quality wrote (vertices with risk > 0 there; 0 elsewhere).
+    # Against the scipy reference bench_quality wrote (its stored risks; 0 elsewhere).
     ref = io.read_output(spark, out, args.ds, "propagated").select(ID, F.col(RISK).alias("_ref"))
     diff = (risk.join(ref, ID, "full_outer")
             .select(F.abs(F.coalesce(RISK, F.lit(0.0)) - F.coalesce("_ref", F.lit(0.0))).alias("d"))

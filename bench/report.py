@@ -445,8 +445,11 @@ def render_scoring_cost(records: list[dict]) -> list[str]:
     L += ["*Propagation on Spark, estimate*: `bench/bench_propagation_cost.py`, the product's iteration "
           "(graph/propagate.py `spread`) with the message pass written as the joins GraphFrames' "
           "`aggregateMessages` performs, on the same edges and labels; its result matches the scipy reference "
-          "(largest difference in risk below). *Estimated ratio*: Spark scoring with that estimate in place of "
-          "scipy, over Spark discovery (still without GraphFrames components, which would lower it).", ""]
+          "(largest difference in risk below). Records from 6a15946 on also join each message back to the "
+          "vertex table, as `aggregateMessages` does (earlier estimates left that out, so they were low), and "
+          "from 8fdb387 on they include writing the stored result. *Estimated ratio*: Spark scoring with that "
+          "estimate in place of scipy, over Spark discovery (still without GraphFrames components, which would "
+          "lower it).", ""]
     for x in rows:
         extra = ""
         if x["propagation_spark_estimate"] is not None:
