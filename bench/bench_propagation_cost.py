@@ -5,9 +5,10 @@ fetched on this machine, so bench_quality.py computes the propagation with scipy
 time says nothing about a cluster. This script estimates the Spark cost: it runs the product's iteration
 (same edges, seeds, update, clamping and checkpoint cadence, from graph/propagate.py) with each message pass
 written as the joins GraphFrames performs for ``aggregateMessages`` -- edges joined to their source and
-destination vertices (the triplets), one message per end joined back to the vertex table, summed per vertex. It is a cost estimate for the
-benchmark report, not a fallback: the product has none. Its result is compared with the scipy reference that
-bench_quality wrote (largest absolute difference in risk), so the estimate is known to compute the same thing.
+destination vertices (the triplets), one message per end joined back to the vertex table, summed per vertex.
+It is a cost estimate for the benchmark report, not a fallback: the product has none. Its result is compared
+with the scipy reference that bench_quality wrote (largest absolute difference in risk), so the estimate is
+known to compute the same thing.
 
 Input: a bench_quality work dir (its ``ringfence/ds=D/score/edges`` and ``propagated``) and the run it read
 (``clean/labels``). Writes its result to ``WORK/propagation_estimate`` (timed, as the product writes

@@ -136,7 +136,8 @@ class World:
         for col, what in (("f_ring_shared", "scored members' shared infrastructure"),
                           ("f_ring_tied", "scored members' links into their ring")):
             if col not in e:
-                raise SystemExit(f"{base}/calibration/entity_scores has no {col}: a bench run from before graph/score.py "
+                raise SystemExit(f"{base}/calibration/entity_scores has no {col}: a bench run from before "
+                                 "graph/score.py "
                                  f"{what}; rerun bench_quality.py")
         if "money_flow_evidence" not in r:
             raise SystemExit(f"{base}/ring_scores has no money_flow_evidence: a bench run from before "

@@ -45,8 +45,8 @@ from its parent. The result is the same as iterating on every vertex.
 
 The iteration runs on 64-bit vertex keys (``xxhash64`` of the id) rather
 than the string ids: every message pass joins and shuffles the whole edge
-list, and long keys make that about twice as fast (bench/README.md, "Cost of
-propagation"). The key is checked for collisions once per run; a run whose
+list, and long keys make that about twice as fast (docs/benchmarks.md,
+"Scoring cost against ring discovery"). The key is checked for collisions once per run; a run whose
 ids collide under it (odds about 1e-7 at 2.6M vertices) logs a warning and
 iterates on the ids themselves, with the same result.
 
@@ -219,7 +219,8 @@ def spread(e: DataFrame, usable_labels: DataFrame, cfg: RingfenceConfig,
                 F.coalesce(c(_C) * c(_PREV), F.lit(0.0)).alias(RISK)))
     if not keyed:
         return every
-    return every.join(names.select(c(ID).alias("_name"), c(_KEY).alias(ID)), ID).select(c("_name").alias(ID), _STRENGTH, _Y, RISK)
+    named = names.select(c(ID).alias("_name"), c(_KEY).alias(ID))
+    return every.join(named, ID).select(c("_name").alias(ID), _STRENGTH, _Y, RISK)
 
 
 def _keys_unique(names: DataFrame) -> bool:
