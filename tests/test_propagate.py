@@ -121,15 +121,21 @@ def _random_case(seed: int):
     return [(a, b, w) for (a, b), w in sorted(edges.items())], seeds
 
 
-def _spark_case(spark, config, seed: int):
-    """A random case as Spark edges and labels, and the reference's answer for it."""
-    edges, seeds = _random_case(seed)
-    e = spark.createDataFrame([(a, b, "account_device", w) for a, b, w in edges],
+def _spark_inputs(spark, edges, seeds: dict[str, float], edge_type: str):
+    """Spark edges of one type and account labels (mule for 1.0, legit for 0.0) for a plain-Python case."""
+    e = spark.createDataFrame([(a, b, edge_type, w) for a, b, w in edges],
                               "src string, dst string, edge_type string, weight double")
     labels = spark.createDataFrame(
         [("account", v.split(":", 1)[1], "mule" if y else "legit", dt.datetime(2026, 1, 1), "test")
          for v, y in seeds.items()],
         "entity_type string, entity_id string, label string, labeled_at timestamp, source string")
+    return e, labels
+
+
+def _spark_case(spark, config, seed: int):
+    """A random case as Spark edges and labels, and the reference's answer for it."""
+    edges, seeds = _random_case(seed)
+    e, labels = _spark_inputs(spark, edges, seeds, "account_device")
     f = config.scoring.propagation_edge_factors["account_device"]
     want = reference([(a, b, w * f) for a, b, w in edges], seeds,
                      alpha=config.scoring.propagation_alpha, smoothing=config.scoring.propagation_smoothing,
@@ -189,11 +195,7 @@ def test_risk_below_the_floor_is_not_stored(spark, config):
     want = reference(edges, {"account:c0": 1.0}, alpha=config.scoring.propagation_alpha,
                      smoothing=config.scoring.propagation_smoothing, iterations=config.scoring.propagation_iterations)
     assert any(0 < x < floor for x in want.values()) and sum(x >= floor for x in want.values()) > 2
-    e = spark.createDataFrame([(a, b, "transfer", w) for a, b, w in edges],
-                              "src string, dst string, edge_type string, weight double")
-    labels = spark.createDataFrame([("account", "c0", "mule", dt.datetime(2026, 1, 1), "test")],
-                                   "entity_type string, entity_id string, label string, labeled_at timestamp, "
-                                   "source string")
+    e, labels = _spark_inputs(spark, edges, {"account:c0": 1.0}, "transfer")
     vertices = spread(propagation_edges(e, config), labels, config, message_sums)
     got = {r[ID] for r in vertices.where(kept_risk(F.col(RISK), config)).collect()}
     assert got == {v for v, x in want.items() if x >= floor}
@@ -213,12 +215,7 @@ def test_leaves_folded_out_of_the_iteration_get_the_reference_risk(spark, config
     want = reference(edges, labelled, alpha=config.scoring.propagation_alpha,
                      smoothing=config.scoring.propagation_smoothing, iterations=config.scoring.propagation_iterations)
     assert all(want[a + v] > 0 for v in ("l0", "twice", "hub", "tip", "s2")) and want[a + "p1"] == 0.0
-    e = spark.createDataFrame([(x, y, "transfer", w) for x, y, w in edges],
-                              "src string, dst string, edge_type string, weight double")
-    labels = spark.createDataFrame(
-        [("account", v.split(":", 1)[1], "mule" if y else "legit", dt.datetime(2026, 1, 1), "test")
-         for v, y in labelled.items()],
-        "entity_type string, entity_id string, label string, labeled_at timestamp, source string")
+    e, labels = _spark_inputs(spark, edges, labelled, "transfer")
     got = {r[ID]: r[RISK] for r in spread(propagation_edges(e, config), labels, config, message_sums).collect()}
     assert set(got) == set(want)
     for v, x in got.items():
