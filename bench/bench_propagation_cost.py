@@ -36,7 +36,7 @@ from pyspark.sql import functions as F  # noqa: E402
 
 from graph import io  # noqa: E402
 from graph.config import RingfenceConfig, load_config  # noqa: E402
-from graph.propagate import _SUM, _W, DST, ID, RISK, SRC, kept_risk, propagation_edges, spread  # noqa: E402
+from graph.propagate import _SUM, _W, DST, ID, RISK, SRC, propagation_edges, spread, stored_risk  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "quality.jsonl"
 
@@ -60,7 +60,7 @@ def message_sums(vertices: DataFrame, e: DataFrame) -> DataFrame:
 def propagate_estimate(edges: DataFrame, usable: DataFrame, cfg: RingfenceConfig,
                        out: Path) -> tuple[DataFrame, list[float]]:
     """The product's propagation (graph/propagate.py ``spread``, stored risks only) with ``message_sums`` as its
-    message pass, written to ``out`` as the product writes ``propagated``; returns (id, risk) read back and the
+    message pass, written to ``out`` as the product writes ``propagated``; returns (id, risk, seed) read back and the
     seconds of each iteration (each is materialised, by checkpoint or count; the first also holds building the
     vertex tables, the last also the write)."""
     per_iteration: list[float] = []
@@ -72,7 +72,7 @@ def propagate_estimate(edges: DataFrame, usable: DataFrame, cfg: RingfenceConfig
         t0[0] = now
 
     vertices = spread(propagation_edges(edges, cfg), usable, cfg, message_sums, on_iteration=tick)
-    vertices.where(kept_risk(F.col(RISK), cfg)).select(ID, RISK).write.mode("overwrite").parquet(str(out))
+    stored_risk(vertices, cfg).write.mode("overwrite").parquet(str(out))
     per_iteration[-1] = round(per_iteration[-1] + time.perf_counter() - t0[0], 1)
     return edges.sparkSession.read.parquet(str(out)), per_iteration
 

@@ -131,7 +131,7 @@ def propagate_reference(edges: pd.DataFrame, seeds: dict[str, float], cfg: Ringf
         r[seed_idx] = y
     out = pd.DataFrame({"id": names, "risk": r, "seed": False})
     out.loc[seed_idx, "seed"] = True
-    return out[(out["risk"] > 0) & (out["risk"] >= cfg.scoring.propagation_min_risk)]  # propagate.kept_risk
+    return out[(out["risk"] > 0) & (out["risk"] >= cfg.scoring.propagation_min_risk)]  # propagate.stored_risk
 
 
 def _usable_seeds(spark: SparkSession, labels: DataFrame, ds: dt.date, kinds: tuple[str, ...] = FRAUD_LABELS

@@ -137,8 +137,7 @@ class World:
                           ("f_ring_tied", "scored members' links into their ring")):
             if col not in e:
                 raise SystemExit(f"{base}/calibration/entity_scores has no {col}: a bench run from before "
-                                 "graph/score.py "
-                                 f"{what}; rerun bench_quality.py")
+                                 f"graph/score.py {what}; rerun bench_quality.py")
         if "money_flow_evidence" not in r:
             raise SystemExit(f"{base}/ring_scores has no money_flow_evidence: a bench run from before "
                              "graph/score.py measured money flow against the night's rings; rerun bench_quality.py")

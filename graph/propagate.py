@@ -111,7 +111,7 @@ def xxhash64_key(c: Column) -> Column:
 
 def propagate_risk(spark: SparkSession, edges: DataFrame, usable_labels: DataFrame,
                    cfg: RingfenceConfig) -> DataFrame:
-    """``(id, risk, seed)`` for every vertex of ``edges`` whose risk after propagation is kept (:func:`kept_risk`).
+    """``(id, risk, seed)`` for every vertex of ``edges`` whose risk after propagation is stored (:func:`stored_risk`).
 
     ``edges``: identity-graph edges with hubs removed (``src``, ``dst``,
     ``edge_type``, ``weight``). ``usable_labels``: the labels known before the
@@ -131,13 +131,15 @@ def propagate_risk(spark: SparkSession, edges: DataFrame, usable_labels: DataFra
             sendToDst=AM.edge[_W] * AM.src[RISK],
         )
 
-    vertices = spread(propagation_edges(edges, cfg), usable_labels, cfg, message_sums)
-    return vertices.where(kept_risk(F.col(RISK), cfg)).select(ID, RISK, F.col(_Y).isNotNull().alias(SEED))
+    return stored_risk(spread(propagation_edges(edges, cfg), usable_labels, cfg, message_sums), cfg)
 
 
-def kept_risk(risk: Column, cfg: RingfenceConfig) -> Column:
-    """Whether a propagated risk is stored: > 0 and at least ``scoring.propagation_min_risk``."""
-    return (risk > 0) & (risk >= F.lit(cfg.scoring.propagation_min_risk))
+def stored_risk(vertices: DataFrame, cfg: RingfenceConfig) -> DataFrame:
+    """``(id, risk, seed)`` of the vertices of :func:`spread` whose risk is stored: > 0 and at least
+    ``scoring.propagation_min_risk``."""
+    risk = F.col(RISK)
+    return (vertices.where((risk > 0) & (risk >= F.lit(cfg.scoring.propagation_min_risk)))
+            .select(ID, RISK, F.col(_Y).isNotNull().alias(SEED)))
 
 
 def spread(e: DataFrame, usable_labels: DataFrame, cfg: RingfenceConfig,

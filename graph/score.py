@@ -201,8 +201,9 @@ all its features, terms and reasons. The rest are entities of which nothing
 is known beyond their activity (on the 10M-event world 2.4M of 2.57M, with
 scores near ``sigmoid(bias)``, about 0.0002): writing them took about 30
 of the score stage's 118 s there (docs/benchmarks.md). ``risk/`` is
-unaffected, as every listed entity is kept. With the setting at 0 every scored entity is kept;
-``bench/bench_quality.py`` writes that full table apart, for calibration.
+unaffected, as every listed entity is kept. With the setting at 0 every
+scored entity is kept; ``bench/bench_quality.py`` writes that full table
+apart, for calibration.
 
 Everything is Spark SQL over DataFrames; nothing grows on the driver.
 """

@@ -22,7 +22,7 @@ import pytest
 from blocked import needs_graphframes
 from pyspark.sql import functions as F
 
-from graph.propagate import ID, RISK, kept_risk, propagate_risk, propagation_edges, spread
+from graph.propagate import ID, RISK, propagate_risk, propagation_edges, spread, stored_risk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from bench_propagation_cost import message_sums  # noqa: E402
@@ -132,14 +132,26 @@ def _spark_inputs(spark, edges, seeds: dict[str, float], edge_type: str):
     return e, labels
 
 
+def configured_reference(edges, seeds: dict[str, float], config) -> dict[str, float]:
+    """:func:`reference` with the configured alpha, smoothing and iterations."""
+    conf = config.scoring
+    return reference(edges, seeds, alpha=conf.propagation_alpha, smoothing=conf.propagation_smoothing,
+                     iterations=conf.propagation_iterations)
+
+
+def assert_same_risks(got: dict[str, float], want: dict[str, float]) -> None:
+    """The same vertices, and each risk equal to the reference's up to rounding."""
+    assert set(got) == set(want)
+    for v, x in got.items():
+        assert x == pytest.approx(want[v], rel=1e-9, abs=1e-12), v
+
+
 def _spark_case(spark, config, seed: int):
     """A random case as Spark edges and labels, and the reference's answer for it."""
     edges, seeds = _random_case(seed)
     e, labels = _spark_inputs(spark, edges, seeds, "account_device")
     f = config.scoring.propagation_edge_factors["account_device"]
-    want = reference([(a, b, w * f) for a, b, w in edges], seeds,
-                     alpha=config.scoring.propagation_alpha, smoothing=config.scoring.propagation_smoothing,
-                     iterations=config.scoring.propagation_iterations)
+    want = configured_reference([(a, b, w * f) for a, b, w in edges], seeds, config)
     return e, labels, want
 
 
@@ -149,9 +161,7 @@ def _spark_case(spark, config, seed: int):
 def test_graphframes_propagation_equals_the_reference(spark, config, seed):
     e, labels, want = _spark_case(spark, config, seed)
     got = {r["id"]: r["risk"] for r in propagate_risk(spark, e, labels, config).collect()}
-    assert set(got) == {v for v, x in want.items() if x > 0 and x >= config.scoring.propagation_min_risk}
-    for v, x in got.items():
-        assert x == pytest.approx(want[v], rel=1e-9, abs=1e-12)
+    assert_same_risks(got, {v: x for v, x in want.items() if x > 0 and x >= config.scoring.propagation_min_risk})
 
 
 @pytest.mark.spark
@@ -164,9 +174,7 @@ def test_the_iteration_around_the_message_pass_equals_the_reference(spark, confi
         got = {r[ID]: r[RISK] for r in vertices.collect()}
     assert "collide" not in caplog.text  # the iteration ran on the 64-bit keys
     assert done == list(range(config.scoring.propagation_iterations))
-    assert set(got) == set(want)
-    for v, x in got.items():
-        assert x == pytest.approx(want[v], rel=1e-9, abs=1e-12)
+    assert_same_risks(got, want)
     # The case has fraud seeds, legit seeds and reached unlabelled vertices: clamping and spreading both count.
     seeded = {f"account:{r['entity_id']}" for r in labels.collect()}
     assert {want[v] for v in seeded} == {0.0, 1.0}
@@ -182,9 +190,7 @@ def test_ids_that_collide_under_the_key_are_iterated_on_themselves(spark, config
                           vertex_key=lambda c: F.length(c).cast("long"))
         got = {r[ID]: r[RISK] for r in vertices.collect()}
     assert "collide under the 64-bit key" in caplog.text
-    assert set(got) == set(want)
-    for v, x in got.items():
-        assert x == pytest.approx(want[v], rel=1e-9, abs=1e-12)
+    assert_same_risks(got, want)
 
 
 @pytest.mark.spark
@@ -192,12 +198,11 @@ def test_risk_below_the_floor_is_not_stored(spark, config):
     # Down a chain from one fraud seed risk falls below scoring.propagation_min_risk after a few hops.
     floor = config.scoring.propagation_min_risk
     edges = chain(12)
-    want = reference(edges, {"account:c0": 1.0}, alpha=config.scoring.propagation_alpha,
-                     smoothing=config.scoring.propagation_smoothing, iterations=config.scoring.propagation_iterations)
+    want = configured_reference(edges, {"account:c0": 1.0}, config)
     assert any(0 < x < floor for x in want.values()) and sum(x >= floor for x in want.values()) > 2
     e, labels = _spark_inputs(spark, edges, {"account:c0": 1.0}, "transfer")
     vertices = spread(propagation_edges(e, config), labels, config, message_sums)
-    got = {r[ID] for r in vertices.where(kept_risk(F.col(RISK), config)).collect()}
+    got = {r[ID] for r in stored_risk(vertices, config).collect()}
     assert got == {v for v, x in want.items() if x >= floor}
 
 
@@ -212,11 +217,8 @@ def test_leaves_folded_out_of_the_iteration_get_the_reference_risk(spark, config
               (a + "hub", a + "c1", 1.0), (a + "c1", a + "c2", 0.5), (a + "c2", a + "tip", 2.5),
               (a + "p1", a + "p2", 1.0), (a + "s1", a + "s2", 1.5)]
     labelled = {a + "seed": 1.0, a + "s1": 1.0, a + "l3": 0.0}
-    want = reference(edges, labelled, alpha=config.scoring.propagation_alpha,
-                     smoothing=config.scoring.propagation_smoothing, iterations=config.scoring.propagation_iterations)
+    want = configured_reference(edges, labelled, config)
     assert all(want[a + v] > 0 for v in ("l0", "twice", "hub", "tip", "s2")) and want[a + "p1"] == 0.0
     e, labels = _spark_inputs(spark, edges, labelled, "transfer")
     got = {r[ID]: r[RISK] for r in spread(propagation_edges(e, config), labels, config, message_sums).collect()}
-    assert set(got) == set(want)
-    for v, x in got.items():
-        assert x == pytest.approx(want[v], rel=1e-9, abs=1e-12), v
+    assert_same_risks(got, want)

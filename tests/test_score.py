@@ -335,7 +335,7 @@ def test_stored_scores_leave_out_only_unremarkable_entities(spark, config, input
     for k in left_out:
         r = scores[k]
         assert r["score"] < floor and not r["listed"] and r["label"] is None and r["ring_id"] is None
-    # Kept below the floor: labelled entities and members or links of listed rings.
+    # Kept below the floor, among others: members or links of listed rings.
     kept_low = {k for k in stored if scores[k]["score"] < floor}
     assert any(scores[k]["ring_id"] is not None for k in kept_low)
     assert {(r["entity_type"], r["entity_id"]) for r in res.risk.collect()} == set(risk)
