@@ -11,7 +11,7 @@ with the scipy reference that bench_quality wrote (largest absolute difference i
 known to compute the same thing.
 
 Input: a bench_quality work dir (its ``ringfence/ds=D/score/edges`` and ``propagated``) and the run it read
-(``clean/labels``). Writes its result to ``WORK/propagation_estimate`` (timed, as the product writes
+(``clean/labels``, and ``graph/vertices`` less ``hubs``: the vertex table the score stage passes). Writes its result to ``WORK/propagation_estimate`` (timed, as the product writes
 ``propagated``). Appends the timing to the record of that work dir's label in ``quality.jsonl`` as
 ``propagation_spark_estimate_s`` (the record's other fields unchanged), so report.py can show it.
 
@@ -57,8 +57,8 @@ def message_sums(vertices: DataFrame, e: DataFrame) -> DataFrame:
     return to_src.unionByName(to_dst).groupBy(ID).agg(F.sum("_m").alias(_SUM))
 
 
-def propagate_estimate(edges: DataFrame, usable: DataFrame, cfg: RingfenceConfig,
-                       out: Path) -> tuple[DataFrame, list[float]]:
+def propagate_estimate(edges: DataFrame, usable: DataFrame, cfg: RingfenceConfig, out: Path,
+                       vertices: DataFrame | None = None) -> tuple[DataFrame, list[float]]:
     """The product's propagation (graph/propagate.py ``spread``, stored risks only) with ``message_sums`` as its
     message pass, written to ``out`` as the product writes ``propagated``; returns (id, risk, seed) read back and the
     seconds of each iteration (each is materialised, by checkpoint or count; the first also holds building the
@@ -71,8 +71,9 @@ def propagate_estimate(edges: DataFrame, usable: DataFrame, cfg: RingfenceConfig
         per_iteration.append(round(now - t0[0], 1))
         t0[0] = now
 
-    vertices = spread(propagation_edges(edges, cfg), usable, cfg, message_sums, on_iteration=tick)
-    stored_risk(vertices, cfg).write.mode("overwrite").parquet(str(out))
+    spread_out = spread(propagation_edges(edges, cfg), usable, cfg, message_sums, on_iteration=tick,
+                        vertex_ids=vertices)
+    stored_risk(spread_out, cfg).write.mode("overwrite").parquet(str(out))
     per_iteration[-1] = round(per_iteration[-1] + time.perf_counter() - t0[0], 1)
     return edges.sparkSession.read.parquet(str(out)), per_iteration
 
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conf")
     args = p.parse_args(argv)
 
+    from graph.build import IdentityGraph
+    from graph.hubs import remove_hubs
     from graph.score import label_cutoff, usable_labels
     from graph.session import build_session
 
@@ -94,10 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     out = str(Path(args.work) / "ringfence")
     edges = io.read_output(spark, out, args.ds, "score/edges")
     labels = io.read_output(spark, args.run, args.ds, "clean/labels")
+    # The hub-free vertex table, as the score stage passes it (graph.pipeline._stage_score).
+    vertices = remove_hubs(IdentityGraph(io.read_output(spark, args.run, args.ds, "graph/vertices"), edges),
+                           io.read_output(spark, args.run, args.ds, "hubs")).vertices
     load_start = [round(x, 2) for x in os.getloadavg()]
     t0 = time.perf_counter()
     risk, per_iteration = propagate_estimate(edges, usable_labels(labels, label_cutoff(args.ds)), cfg,
-                                             Path(args.work) / "propagation_estimate")
+                                             Path(args.work) / "propagation_estimate", vertices)
     seconds = round(time.perf_counter() - t0, 1)
     # Against the scipy reference bench_quality wrote (its stored risks; 0 elsewhere).
     ref = io.read_output(spark, out, args.ds, "propagated").select(ID, F.col(RISK).alias("_ref"))

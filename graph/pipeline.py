@@ -230,9 +230,11 @@ def _stage_score(ctx: RunContext) -> dict[str, Any]:
 
     # Risk propagation runs on GraphFrames (aggregateMessages).
     require_graphframes(ctx.spark, ctx.cfg.spark)
-    edges = _written(ctx, remove_hubs(read_graph(ctx), _read(ctx, "hubs")).edges, "score/edges")
+    hub_free = remove_hubs(read_graph(ctx), _read(ctx, "hubs"))
+    edges = _written(ctx, hub_free.edges, "score/edges")
     labels = clean_inputs(ctx)["labels"]
-    io.write_table(propagate_risk(ctx.spark, edges, usable_labels(labels, label_cutoff(ctx.ds)), ctx.cfg),
+    io.write_table(propagate_risk(ctx.spark, edges, usable_labels(labels, label_cutoff(ctx.ds)), ctx.cfg,
+                                  vertices=hub_free.vertices),
                    ctx.output_root, ctx.ds, "propagated")
     result = score_run(_read(ctx, "rings"), _read(ctx, "ring_members"), edges, _read(ctx, "signals"),
                        labels, _read(ctx, "propagated"), ctx.cfg, ctx.ds, materialise=partial(_written, ctx))

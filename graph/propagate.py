@@ -110,13 +110,16 @@ def xxhash64_key(c: Column) -> Column:
 
 
 def propagate_risk(spark: SparkSession, edges: DataFrame, usable_labels: DataFrame,
-                   cfg: RingfenceConfig) -> DataFrame:
+                   cfg: RingfenceConfig, vertices: DataFrame | None = None) -> DataFrame:
     """``(id, risk, seed)`` for every vertex of ``edges`` whose risk after propagation is stored (:func:`stored_risk`).
 
     ``edges``: identity-graph edges with hubs removed (``src``, ``dst``,
     ``edge_type``, ``weight``). ``usable_labels``: the labels known before the
     run's cut-off (``graph.score.usable_labels``). Seeds outside the graph
-    keep their own label's risk (``seed`` is true for them).
+    keep their own label's risk (``seed`` is true for them). ``vertices``:
+    the graph's vertex table (one row per ``id``, every edge end among them),
+    if at hand; the ids are then listed from it rather than by a distinct over
+    both ends of every edge (see :func:`spread`).
     """
     require_graphframes(spark, cfg.spark)
     from graphframes import GraphFrame
@@ -131,7 +134,8 @@ def propagate_risk(spark: SparkSession, edges: DataFrame, usable_labels: DataFra
             sendToDst=AM.edge[_W] * AM.src[RISK],
         )
 
-    return stored_risk(spread(propagation_edges(edges, cfg), usable_labels, cfg, message_sums), cfg)
+    return stored_risk(spread(propagation_edges(edges, cfg), usable_labels, cfg, message_sums,
+                              vertex_ids=vertices), cfg)
 
 
 def stored_risk(vertices: DataFrame, cfg: RingfenceConfig) -> DataFrame:
@@ -145,22 +149,33 @@ def stored_risk(vertices: DataFrame, cfg: RingfenceConfig) -> DataFrame:
 def spread(e: DataFrame, usable_labels: DataFrame, cfg: RingfenceConfig,
            message_sums: Callable[[DataFrame, DataFrame], DataFrame],
            on_iteration: Callable[[int], None] | None = None,
-           vertex_key: Callable[[Column], Column] = xxhash64_key) -> DataFrame:
+           vertex_key: Callable[[Column], Column] = xxhash64_key,
+           vertex_ids: DataFrame | None = None) -> DataFrame:
     """The iteration of :func:`propagate_risk` around its message pass; ``(id, _strength, _y, risk)`` per vertex.
 
     ``e``: :func:`propagation_edges`. ``message_sums(vertices, e)`` gives ``(id, _sum)``, the sum of
     ``w * risk`` over each vertex's neighbours (GraphFrames ``aggregateMessages`` in the product).
     ``on_iteration(i)`` is called after iteration ``i`` is materialised (benchmarks time it).
+    ``vertex_ids``: a table with one row per vertex ``id`` of the graph ``e`` comes from (more ids are
+    harmless); the keys are named back from it and from the seeds, which saves a distinct over both
+    ends of every edge. An edge end missing from it fails the run (``raise_error``) rather than
+    losing its risk. Without it, the ids are listed from ``e`` and the seeds.
     """
     conf = cfg.scoring
     keep = 1.0 - conf.propagation_alpha
     smooth = F.lit(conf.propagation_smoothing)
     c = F.col
     labelled = seeds(usable_labels)
-    # Every vertex id once with its key: checked for collisions, and used to name the result.
-    names = (e.select(c(SRC).alias(ID)).union(e.select(c(DST).alias(ID))).union(labelled.select(ID))
-             .distinct().withColumn(_KEY, vertex_key(c(ID))).checkpoint())
-    keyed = _keys_unique(names)
+    # Every vertex id once with its key: checked for collisions, and used to name the result. Seeds
+    # outside the graph are named apart, so the graph's vertex table, when given, is read as it is.
+    if vertex_ids is None:
+        names = (e.select(c(SRC).alias(ID)).union(e.select(c(DST).alias(ID))).union(labelled.select(ID))
+                 .distinct().withColumn(_KEY, vertex_key(c(ID))).checkpoint())
+        labelled_names = None
+    else:
+        names = vertex_ids.select(ID).withColumn(_KEY, vertex_key(c(ID)))
+        labelled_names = labelled.select(ID).withColumn(_KEY, vertex_key(c(ID)))
+    keyed = _keys_unique(names, labelled_names)
 
     def key(name: str) -> Column:
         return vertex_key(c(name)) if keyed else c(name)
@@ -222,14 +237,34 @@ def spread(e: DataFrame, usable_labels: DataFrame, cfg: RingfenceConfig,
     if not keyed:
         return every
     named = names.select(c(ID).alias("_name"), c(_KEY).alias(ID))
-    return every.join(named, ID).select(c("_name").alias(ID), _STRENGTH, _Y, RISK)
+    if labelled_names is None:
+        return every.join(named, ID).select(c("_name").alias(ID), _STRENGTH, _Y, RISK)
+    label_named = labelled_names.select(c(ID).alias("_label_name"), c(_KEY).alias(ID))
+    name = F.coalesce(c("_name"), c("_label_name"),
+                      F.raise_error(F.lit("propagation: a vertex of the edges has no id in the vertex table")))
+    return (every.join(named, ID, "left").join(label_named, ID, "left")
+            .select(name.alias(ID), _STRENGTH, _Y, RISK))
 
 
-def _keys_unique(names: DataFrame) -> bool:
-    """True when no two vertex ids share a key; otherwise a warning, and the iteration keeps the ids."""
-    row = names.agg(F.count(_KEY).alias("n"), F.countDistinct(_KEY).alias("keys")).first()  # one row
-    if row["n"] == row["keys"]:
+def _keys_unique(names: DataFrame, labelled_names: DataFrame | None = None) -> bool:
+    """True when no two vertex ids share a key; otherwise a warning, and the iteration keeps the ids.
+
+    ``labelled_names``: the seeds' ids and keys, when ``names`` does not list them; a seed's key may
+    then match no graph id, or its own id, but no other."""
+    def ids_and_keys(t: DataFrame) -> tuple[int, int]:
+        row = t.agg(F.count(_KEY).alias("n"), F.countDistinct(_KEY).alias("keys")).first()  # one row
+        return int(row["n"]), int(row["keys"])
+
+    n, keys = ids_and_keys(names)
+    clashes = n - keys
+    if labelled_names is not None:
+        seeds_n, seed_keys = ids_and_keys(labelled_names)
+        graph_names = names.select(_KEY, F.col(ID).alias("_graph_id"))
+        clashes += seeds_n - seed_keys + (labelled_names.join(graph_names, _KEY)
+                                          .where(F.col(ID) != F.col("_graph_id")).count())
+        n += seeds_n
+    if clashes == 0:
         return True
-    log.warning("propagation: %d of %d vertex ids collide under the 64-bit key; iterating on the ids "
-                "instead (same result, slower)", row["n"] - row["keys"], row["n"])
+    log.warning("propagation: vertex ids collide under the 64-bit key (at least %d of %d); iterating on "
+                "the ids instead (same result, slower)", clashes, n)
     return False

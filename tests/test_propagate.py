@@ -222,3 +222,23 @@ def test_leaves_folded_out_of_the_iteration_get_the_reference_risk(spark, config
     e, labels = _spark_inputs(spark, edges, labelled, "transfer")
     got = {r[ID]: r[RISK] for r in spread(propagation_edges(e, config), labels, config, message_sums).collect()}
     assert_same_risks(got, want)
+
+
+@pytest.mark.spark
+def test_ids_from_the_vertex_table_name_the_result(spark, config):
+    # With the graph's vertex table the keys are named back from it and from the seeds: an id with no
+    # edge is ignored, a seed outside the graph keeps its risk, and an edge end missing from the table
+    # fails the run instead of losing its risk.
+    e, labels, want = _spark_case(spark, config, 3)
+    outside = spark.createDataFrame([("account", "nowhere", "mule", dt.datetime(2026, 1, 1), "test")],
+                                    labels.schema)
+    want = {**want, "account:nowhere": 1.0}
+    ids = sorted({r["src"] for r in e.collect()} | {r["dst"] for r in e.collect()})
+    table = spark.createDataFrame([(v,) for v in ids + ["account:alone"]], "id string")
+    edges = propagation_edges(e, config)
+    got = {r[ID]: r[RISK] for r in spread(edges, labels.unionByName(outside), config, message_sums,
+                                          vertex_ids=table).collect()}
+    assert_same_risks(got, want)
+    short = spark.createDataFrame([(v,) for v in ids[1:]], "id string")
+    with pytest.raises(Exception, match="has no id in the vertex table"):
+        spread(edges, labels, config, message_sums, vertex_ids=short).collect()
