@@ -410,12 +410,23 @@ def scoring_cost_rows(records: list[dict]) -> list[dict]:
             "propagation_spark_estimate": t.get("propagation_spark_estimate_s"),
             "estimated_ratio": ((spark_scoring + t["propagation_spark_estimate_s"]) / spark_discovery
                                 if t.get("propagation_spark_estimate_s") is not None and spark_discovery else None),
+            # GraphFrames components estimated too (bench_components_cost.py): both GraphFrames steps on Spark.
+            "components_spark_estimate": t.get("components_spark_estimate_s"),
+            "both_estimates_ratio": ((spark_scoring + t["propagation_spark_estimate_s"])
+                                     / (spark_discovery + t["components_spark_estimate_s"])
+                                     if t.get("propagation_spark_estimate_s") is not None
+                                     and t.get("components_spark_estimate_s") is not None else None),
+            "components_iterations": t.get("components_spark_iterations"),
             "iterations": t.get("propagation_spark_iterations_s") or [],
             "max_abs_diff": t.get("propagation_spark_max_abs_diff"),
             "load": (t.get("load_avg_start"), t.get("load_avg_end")), "driver_memory": r.get("driver_memory"),
             "commit": (r.get("machine") or {}).get("git_commit"), "at": r["at"], "command": r["command"],
         })
     return sorted(rows, key=lambda x: (x["events"], x["label"]))
+
+
+def _pct0(ratio: float | None) -> str:
+    return f"{ratio:.0%}" if ratio is not None else "–"
 
 
 def render_scoring_cost(records: list[dict]) -> list[str]:
@@ -437,24 +448,32 @@ def render_scoring_cost(records: list[dict]) -> list[str]:
         cells.append([x["label"], f"`{x['commit'] or '?'}`", _n(x["events"])] + [_n(v) for v in x["steps"].values()]
                      + [_n(x["discovery"]), _n(x["scoring"]), f"{x['ratio']:.0%}", f"{x['spark_ratio']:.0%}",
                         _n(x["propagation_budget"]), _n(estimate),
-                        f"{x['estimated_ratio']:.0%}" if x["estimated_ratio"] is not None else "–",
+                        _pct0(x["estimated_ratio"]), _n(x["components_spark_estimate"]),
+                        _pct0(x["both_estimates_ratio"]),
                         f"{ls[0]:.1f} → {le[0]:.1f}" if ls and le else "–"])
     L += _table(["world", "commit", "events"] + [name + " s" for _, name in DISCOVERY_STEPS + SCORING_STEPS]
                 + ["discovery s", "scoring s", "scoring / discovery", "Spark ratio", "propagation budget s",
-                   "propagation on Spark, estimate s", "estimated ratio", "load (1 min) start → end"], cells)
+                   "propagation on Spark, estimate s", "estimated ratio", "components on Spark, estimate s",
+                   "ratio with both estimates", "load (1 min) start → end"], cells)
     L += ["*Propagation on Spark, estimate*: `bench/bench_propagation_cost.py`, the product's iteration "
           "(graph/propagate.py `spread`) with the message pass written as the joins GraphFrames' "
           "`aggregateMessages` performs, on the same edges and labels; its result matches the scipy reference "
           "(largest difference in risk below). Records from 6a15946 on also join each message back to the "
           "vertex table, as `aggregateMessages` does (earlier estimates left that out, so they were low), and "
           "from 8fdb387 on they include writing the stored result. *Estimated ratio*: Spark scoring with that "
-          "estimate in place of scipy, over Spark discovery (still without GraphFrames components, which would "
-          "lower it).", ""]
+          "estimate in place of scipy, over Spark discovery without GraphFrames components. *Components on "
+          "Spark, estimate*: `bench/bench_components_cost.py`, the joins of GraphFrames' default connected "
+          "components (two-phase large-star / small-star, string ids indexed to longs) on the same candidate "
+          "edges, checked to give the same partition as scipy. *Ratio with both estimates*: Spark scoring "
+          "with the propagation estimate over Spark discovery with the components estimate -- both GraphFrames "
+          "steps in, as the product runs them.", ""]
     for x in rows:
         extra = ""
         if x["propagation_spark_estimate"] is not None:
             extra = (f"; propagation estimate per iteration (s): {', '.join(map(str, x['iterations']))}, "
                      f"largest |risk - scipy reference| {x['max_abs_diff']:.1e}")
+        if x["components_spark_estimate"] is not None:
+            extra += f"; components estimate: {x['components_iterations']} iterations"
         L.append(f"- {x['label']}: run {x['at'][:16]}Z at `{x['commit'] or '?'}`, driver memory "
                  f"{x['driver_memory'] or '?'}: `{x['command']}`{extra}")
     L.append("")
