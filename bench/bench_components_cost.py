@@ -82,11 +82,10 @@ from pyspark import StorageLevel  # noqa: E402
 from pyspark.sql import Column, DataFrame  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 from pyspark.sql.types import ByteType, IntegerType, LongType, ShortType  # noqa: E402
+from quality_record import add_to_record  # noqa: E402
 
 from graph import io  # noqa: E402
 from graph.config import RingConf, load_config  # noqa: E402
-
-RESULTS = REPO / "bench" / "results" / "quality.jsonl"
 
 ID, SRC, DST, COMPONENT = "id", "src", "dst", "component"
 ATTR, LONG_ID, LONG_SRC, LONG_DST = "attr", "new_id", "new_src", "new_dst"  # GraphFrame's private names
@@ -395,15 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     if not diff["same"]:
         print("bench_components_cost: the estimate's components are NOT scipy's partition", file=sys.stderr)
     print(json.dumps(result), flush=True)
-    lines = RESULTS.read_text().splitlines() if RESULTS.exists() else []
-    hits = [i for i, line in enumerate(lines) if line.strip() and json.loads(line).get("label") == args.label]
-    if not hits:
-        print(f"no record labelled {args.label!r} in {RESULTS}; timing printed only", file=sys.stderr)
+    if not add_to_record(args.label, result):
         return 1
-    record = json.loads(lines[hits[-1]])
-    record["methods"]["ringfence"].update(result)
-    lines[hits[-1]] = json.dumps(record, default=str)
-    RESULTS.write_text("\n".join(lines) + "\n")
     return 0 if diff["same"] else 1
 
 

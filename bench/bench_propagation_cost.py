@@ -33,12 +33,11 @@ sys.path.insert(0, str(REPO))
 
 from pyspark.sql import DataFrame  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
+from quality_record import add_to_record  # noqa: E402
 
 from graph import io  # noqa: E402
 from graph.config import RingfenceConfig, load_config  # noqa: E402
 from graph.propagate import _SUM, _W, DST, ID, RISK, SRC, propagation_edges, spread, stored_risk  # noqa: E402
-
-RESULTS = REPO / "bench" / "results" / "quality.jsonl"
 
 
 def message_sums(vertices: DataFrame, e: DataFrame) -> DataFrame:
@@ -115,16 +114,7 @@ def main(argv: list[str] | None = None) -> int:
               "propagation_spark_load_avg": [load_start, [round(x, 2) for x in os.getloadavg()]]}
     spark.stop()
     print(json.dumps(result), flush=True)
-    lines = RESULTS.read_text().splitlines() if RESULTS.exists() else []
-    hits = [i for i, line in enumerate(lines) if line.strip() and json.loads(line).get("label") == args.label]
-    if not hits:
-        print(f"no record labelled {args.label!r} in {RESULTS}; timing printed only", file=sys.stderr)
-        return 1
-    record = json.loads(lines[hits[-1]])
-    record["methods"]["ringfence"].update(result)
-    lines[hits[-1]] = json.dumps(record, default=str)
-    RESULTS.write_text("\n".join(lines) + "\n")
-    return 0
+    return 0 if add_to_record(args.label, result) else 1
 
 
 if __name__ == "__main__":
