@@ -65,7 +65,6 @@ configuration it does not mirror.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
@@ -82,7 +81,7 @@ from pyspark import StorageLevel  # noqa: E402
 from pyspark.sql import Column, DataFrame  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 from pyspark.sql.types import ByteType, IntegerType, LongType, ShortType  # noqa: E402
-from quality_record import add_to_record  # noqa: E402
+from quality_record import add_record_arguments, add_to_record  # noqa: E402
 
 from graph import io  # noqa: E402
 from graph.config import RingConf, load_config  # noqa: E402
@@ -342,10 +341,7 @@ def difference_examples(estimate: DataFrame, reference: DataFrame, n: int = 5) -
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--work", required=True, help="the bench_quality --work dir")
-    p.add_argument("--ds", type=dt.date.fromisoformat, required=True)
-    p.add_argument("--label", required=True, help="the bench_quality record (label) the timing belongs to")
-    p.add_argument("--conf")
+    add_record_arguments(p)
     args = p.parse_args(argv)
 
     from graph.session import build_session

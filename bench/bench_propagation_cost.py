@@ -21,7 +21,6 @@ Input: a bench_quality work dir (its ``ringfence/ds=D/score/edges`` and ``propag
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
@@ -33,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from pyspark.sql import DataFrame  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
-from quality_record import add_to_record  # noqa: E402
+from quality_record import add_record_arguments, add_to_record  # noqa: E402
 
 from graph import io  # noqa: E402
 from graph.config import RingfenceConfig, load_config  # noqa: E402
@@ -80,10 +79,7 @@ def propagate_estimate(edges: DataFrame, usable: DataFrame, cfg: RingfenceConfig
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="the `ringfence run` output root bench_quality read")
-    p.add_argument("--work", required=True, help="the bench_quality --work dir")
-    p.add_argument("--ds", type=dt.date.fromisoformat, required=True)
-    p.add_argument("--label", required=True, help="the bench_quality record (label) the timing belongs to")
-    p.add_argument("--conf")
+    add_record_arguments(p)
     args = p.parse_args(argv)
 
     from graph.build import IdentityGraph

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import json
 import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality.jsonl"
+
+
+def add_record_arguments(p: argparse.ArgumentParser) -> None:
+    """``--work``, ``--ds``, ``--label`` and ``--conf``: the bench_quality run a cost bench reads and adds to."""
+    p.add_argument("--work", required=True, help="the bench_quality --work dir")
+    p.add_argument("--ds", type=dt.date.fromisoformat, required=True)
+    p.add_argument("--label", required=True, help="the bench_quality record (label) the timing belongs to")
+    p.add_argument("--conf")
 
 
 def add_to_record(label: str, fields: dict, results: Path = RESULTS) -> bool:
