@@ -11,9 +11,10 @@ with the scipy reference that bench_quality wrote (largest absolute difference i
 known to compute the same thing.
 
 Input: a bench_quality work dir (its ``ringfence/ds=D/score/edges`` and ``propagated``) and the run it read
-(``clean/labels``, and ``graph/vertices`` less ``hubs``: the vertex table the score stage passes). Writes its result to ``WORK/propagation_estimate`` (timed, as the product writes
-``propagated``). Appends the timing to the record of that work dir's label in ``quality.jsonl`` as
-``propagation_spark_estimate_s`` (the record's other fields unchanged), so report.py can show it.
+(``clean/labels``, and ``graph/vertices`` less ``hubs``: the vertex table the score stage passes). Writes its
+result to ``WORK/propagation_estimate`` (timed, as the product writes ``propagated``). Appends the timing to the
+record of that work dir's label in ``quality.jsonl`` as ``propagation_spark_estimate_s`` (the record's other fields
+unchanged), so report.py can show it.
 
     .venv/bin/python bench/bench_propagation_cost.py --run OUT --work DIR --ds 2026-11-24 --label L [--conf C]
 """

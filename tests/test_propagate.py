@@ -233,7 +233,7 @@ def test_ids_from_the_vertex_table_name_the_result(spark, config):
     outside = spark.createDataFrame([("account", "nowhere", "mule", dt.datetime(2026, 1, 1), "test")],
                                     labels.schema)
     want = {**want, "account:nowhere": 1.0}
-    ids = sorted({r["src"] for r in e.collect()} | {r["dst"] for r in e.collect()})
+    ids = sorted({v for r in e.select("src", "dst").collect() for v in r})
     table = spark.createDataFrame([(v,) for v in ids + ["account:alone"]], "id string")
     edges = propagation_edges(e, config)
     got = {r[ID]: r[RISK] for r in spread(edges, labels.unionByName(outside), config, message_sums,
