@@ -90,7 +90,7 @@ BOT = [("f_bot_taps", "bot_taps"), ("f_bot_timing", "bot_timing"), ("f_bot_trave
 FAMILIES = (CT, MULE, BOT)
 ENTITY_TERMS = [k for fam in FAMILIES for _, k in fam] + [
     "ring_member", "ring_link", "propagated", "fraud_label", "legit_label", "ring_shared",
-    "ring_tied"]
+    "ring_tied", "ring_money"]
 RING_TERMS = ["density", "shared_infrastructure", "card_testing", "mule", "bot", "money_flow", "propagated",
               "fraud_labels", "legit_labels", "money_accounts"]
 PROTECTED = ("payroll_employer", "rent_collector", "cgnat_ip", "office_ip")
@@ -134,7 +134,8 @@ class World:
         r["n_acc"] = r.ring_id.map(n_acc).fillna(0).to_numpy()
         r["y"] = (r.ring_id.map(votes).fillna(0) > r.n_acc / 2).astype(float)
         for col, what in (("f_ring_shared", "scored members' shared infrastructure"),
-                          ("f_ring_tied", "scored members' links into their ring")):
+                          ("f_ring_tied", "scored members' links into their ring"),
+                          ("f_ring_money", "scored members' money share in their ring")):
             if col not in e:
                 raise SystemExit(f"{base}/calibration/entity_scores has no {col}: a bench run from before "
                                  f"graph/score.py {what}; rerun bench_quality.py")
@@ -214,7 +215,8 @@ def entity_design(wd: World, ring_score: pd.Series, unlabelled: bool = False) ->
         lab * e.label.isin(FRAUD).to_numpy(float),
         -lab * (e.label == "legit").to_numpy(float),
         (e.attachment == "member").to_numpy() * e.f_ring_shared.to_numpy(float) * rs,
-        (e.attachment == "member").to_numpy() * e.f_ring_tied.to_numpy(float) * rs])
+        (e.attachment == "member").to_numpy() * e.f_ring_tied.to_numpy(float) * rs,
+        (e.attachment == "member").to_numpy() * e.f_ring_money.to_numpy(float) * rs])
 
 
 # --------------------------------------------------------------------------- scoring (graph/score.py)
@@ -243,7 +245,8 @@ class Scored:
         c_ring = np.where(rs.notna(), pull * e.link_strength.fillna(0.0) * rs.fillna(0.0), 0.0)
         c_label = np.where(e.label.isin(FRAUD), w["fraud_label"], np.where(e.label == "legit", -w["legit_label"], 0.0))
         c_ring = c_ring + np.where(e.attachment == "member", (w["ring_shared"] * e.f_ring_shared
-                                                               + w["ring_tied"] * e.f_ring_tied)
+                                                               + w["ring_tied"] * e.f_ring_tied
+                                                               + w["ring_money"] * e.f_ring_money)
                                    * rs.fillna(0.0), 0.0)
         z = w["bias"] + ct_pts + mu_pts + bo_pts + c_ring + w["propagated"] * e.propagated_risk.fillna(0.0) + c_label
         # A fraud label from a trusted source lists the entity with at least trusted_label_score (graph/score.py).

@@ -216,6 +216,8 @@ class EvidenceConf(_Section):
     ring_shared_accounts: Ramp = (4.0, 8.0)
     # Ring members: the ring's accounts it is directly linked to (graph/rings.py ring_links).
     ring_links: Ramp = (1.0, 2.0)
+    # Ring members: money moved on mule-like links over the ring's median mover's (graph/rings.py money_share).
+    ring_money_share: Ramp = (0.2, 0.5)
     # Rings: accounts on mule-like transfer links (graph/score.py money_flow_accounts).
     money_flow_accounts: Ramp = (3.0, 6.0)
 
@@ -224,49 +226,50 @@ class EntityWeights(_Section):
     """Log-odds weights of the entity score (graph/score.py). All but the bias are >= 0,
     so a score can only rise with fraud evidence and only fall with a legit label."""
 
-    bias: float = -8.635
+    bias: float = -8.679
     ct_decline: float = Field(0.0, ge=0.0)
-    ct_tiny: float = Field(29.027, ge=0.0)
-    ct_cards: float = Field(3.841, ge=0.0)
+    ct_tiny: float = Field(29.184, ge=0.0)
+    ct_cards: float = Field(3.898, ge=0.0)
     ct_merchants_per_card: float = Field(0.0, ge=0.0)
-    ct_burst: float = Field(2.377, ge=0.0)
-    mule_pass_through: float = Field(3.588, ge=0.0)
-    mule_fan_in: float = Field(3.188, ge=0.0)
+    ct_burst: float = Field(2.321, ge=0.0)
+    mule_pass_through: float = Field(2.846, ge=0.0)
+    mule_fan_in: float = Field(2.968, ge=0.0)
     mule_fan_out: float = Field(0.0, ge=0.0)
-    mule_new_account: float = Field(7.73, ge=0.0)
+    mule_new_account: float = Field(7.624, ge=0.0)
     bot_taps: float = Field(0.0, ge=0.0)
-    bot_timing: float = Field(0.326, ge=0.0)
-    bot_travel: float = Field(4.21, ge=0.0)
-    bot_burst: float = Field(2.7, ge=0.0)
-    ring_member: float = Field(8.803, ge=0.0)
-    ring_link: float = Field(3.453, ge=0.0)
-    ring_shared: float = Field(22.157, ge=0.0)
-    ring_tied: float = Field(1.961, ge=0.0)
-    propagated: float = Field(1.263, ge=0.0)
-    fraud_label: float = Field(5.18, ge=0.0)
-    legit_label: float = Field(0.472, ge=0.0)
+    bot_timing: float = Field(0.0, ge=0.0)
+    bot_travel: float = Field(3.554, ge=0.0)
+    bot_burst: float = Field(2.852, ge=0.0)
+    ring_member: float = Field(8.832, ge=0.0)
+    ring_link: float = Field(2.462, ge=0.0)
+    ring_shared: float = Field(22.523, ge=0.0)
+    ring_tied: float = Field(1.948, ge=0.0)
+    ring_money: float = Field(0.706, ge=0.0)
+    propagated: float = Field(1.298, ge=0.0)
+    fraud_label: float = Field(5.002, ge=0.0)
+    legit_label: float = Field(0.599, ge=0.0)
 
 
 class RingScoreConf(_Section):
     """Log-odds weights of the ring score and when a ring is listed (graph/score.py)."""
 
-    bias: float = -12.261
+    bias: float = -12.244
     density: float = Field(0.0, ge=0.0)
-    shared_infrastructure: float = Field(5.251, ge=0.0)
-    card_testing: float = Field(28.07, ge=0.0)
-    mule: float = Field(19.461, ge=0.0)
-    bot: float = Field(5.139, ge=0.0)
+    shared_infrastructure: float = Field(5.198, ge=0.0)
+    card_testing: float = Field(28.053, ge=0.0)
+    mule: float = Field(19.325, ge=0.0)
+    bot: float = Field(4.695, ge=0.0)
     # x money_flow_evidence: how rare tonight the ring's share of accounts on mule-like transfer links is
     # (graph/score.py money_flow_evidence); money_flow_prior pseudo-accounts in rings without money flow
     # keep a night with few rings from making every money-flow ring look common (not fitted).
-    money_flow: float = Field(2.691, ge=0.0)
+    money_flow: float = Field(2.679, ge=0.0)
     money_flow_prior: float = Field(100.0, ge=0.0)
     # x money_flow_evidence x ramp(money_flow_accounts, evidence.money_flow_accounts): many ring
     # accounts on mule-like transfer links, on a night where such links are rare.
-    money_accounts: float = Field(12.402, ge=0.0)
-    propagated: float = Field(5.463, ge=0.0)
-    fraud_labels: float = Field(11.9, ge=0.0)
-    legit_labels: float = Field(0.66, ge=0.0)
+    money_accounts: float = Field(12.391, ge=0.0)
+    propagated: float = Field(5.533, ge=0.0)
+    fraud_labels: float = Field(11.824, ge=0.0)
+    legit_labels: float = Field(0.664, ge=0.0)
     # Label shares are n_labelled / (ring size + label_prior): one label in a big ring is little.
     label_prior: float = Field(2.0, ge=0.0)
     threshold: float = Field(0.5, ge=0.0, le=1.0)
@@ -305,7 +308,7 @@ class ScoringConf(_Section):
         return v
     thresholds: dict[str, float] = Field(
         default_factory=lambda: {
-            "account": 0.92, "device": 0.95, "ip": 0.5, "card": 0.5, "merchant": 0.8,
+            "account": 0.95, "device": 0.95, "ip": 0.5, "card": 0.5, "merchant": 0.8,
         }
     )
     list_ttl_days: int = Field(7, ge=1)

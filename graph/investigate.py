@@ -94,7 +94,10 @@ RING_FIRST_SEEN, RING_LAST_SEEN = "first_seen", "last_seen"
 # ring_members, as graph.rings.ring_tables writes it.
 MEMBER_VERTEX, ROLE, WEIGHTED_DEGREE, NET_FLOW = "member_vertex", "role", "weighted_degree", "net_flow"
 RING_LINKS = "ring_links"  # ring accounts the member is directly linked to (absent in older runs)
-RING_MEMBERS_COLUMNS = (RING_ID, ENTITY_TYPE, ENTITY_ID, MEMBER_VERTEX, ROLE, WEIGHTED_DEGREE, NET_FLOW, RING_LINKS)
+# Money moved on mule-like links in all, and over the ring's median mover's (absent in older runs).
+GROSS_FLOW, MONEY_SHARE = "gross_flow", "money_share"
+RING_MEMBERS_COLUMNS = (RING_ID, ENTITY_TYPE, ENTITY_ID, MEMBER_VERTEX, ROLE, WEIGHTED_DEGREE, NET_FLOW,
+                        GROSS_FLOW, MONEY_SHARE, RING_LINKS)
 # risk/ (graph.schema.RISK_SCHEMA).
 SCORE, RING_TYPE, REASONS = "score", "ring_type", "reasons"
 # Derived here.
@@ -464,8 +467,8 @@ def _members(spark: SparkSession, output_root: str, ds: str, ring_id: str, max_r
     type_rank = {t: i for i, t in enumerate(ENTITY_TYPES)}
     pdf = (pdf.assign(_t=pdf[ENTITY_TYPE].map(type_rank)).sort_values(["_t", ENTITY_ID])
            .drop(columns="_t").reset_index(drop=True))
-    cols = [RING_ID, MEMBER_VERTEX, ENTITY_TYPE, ENTITY_ID, ROLE, WEIGHTED_DEGREE, NET_FLOW, RING_LINKS,
-            SCORE, LISTED, RING_TYPE, REASONS, SIGNAL_REASONS]
+    cols = [RING_ID, MEMBER_VERTEX, ENTITY_TYPE, ENTITY_ID, ROLE, WEIGHTED_DEGREE, NET_FLOW, GROSS_FLOW,
+            MONEY_SHARE, RING_LINKS, SCORE, LISTED, RING_TYPE, REASONS, SIGNAL_REASONS]
     return pdf[[c for c in cols if c in pdf.columns]]
 
 

@@ -51,7 +51,8 @@ LOUVAIN_SEED = 42
 
 COMMUNITY_SCHEMA = (
     "component string, community string, id string, role string, "
-    "weighted_degree double, net_flow double, ring_links long, n_vertices long, n_edges long, method string"
+    "weighted_degree double, net_flow double, gross_flow double, money_share double, ring_links long, "
+    "n_vertices long, n_edges long, method string"
 )
 
 RINGS_COLUMNS = (
@@ -81,6 +82,7 @@ def _refine_component(pdf: pd.DataFrame, cap: int, min_size: int, min_q: float,
     pdf = pdf.sort_values(["src", "dst", "weight", "flow"], kind="stable")
     g = nx.Graph()
     flow: dict[str, float] = {}
+    gross: dict[str, float] = {}
     for src, dst, w, f in zip(pdf["src"], pdf["dst"], pdf["weight"], pdf["flow"], strict=True):
         if g.has_edge(src, dst):
             g[src][dst]["weight"] += float(w)
@@ -90,6 +92,8 @@ def _refine_component(pdf: pd.DataFrame, cap: int, min_size: int, min_q: float,
         # flow > 0 means money moved src -> dst on this edge.
         flow[src] = flow.get(src, 0.0) - float(f)
         flow[dst] = flow.get(dst, 0.0) + float(f)
+        for v in (src, dst):
+            gross[v] = gross.get(v, 0.0) + abs(float(f))
     n = g.number_of_nodes()
     if _money_only(g, money_max):
         parts = [set(g.nodes)]
@@ -115,11 +119,29 @@ def _refine_component(pdf: pd.DataFrame, cap: int, min_size: int, min_q: float,
         key = hashlib.sha1("|".join(sorted(part)).encode()).hexdigest()[:16]
         wdeg = dict(sub.degree(weight="weight"))
         top = max(wdeg.values()) if wdeg else 0.0
+        typical = _typical_gross(part, gross)
         for v in sorted(part):
             links = sum(1 for u in sub.neighbors(v) if u.startswith(ACCOUNT_PREFIX))
+            moved = gross.get(v, 0.0)
             rows.append((comp, key, v, _role(v, wdeg[v], top, flow.get(v, 0.0)), float(wdeg[v]),
-                         float(flow.get(v, 0.0)), links, len(part), sub.number_of_edges(), method))
+                         float(flow.get(v, 0.0)), moved, moved / typical if typical else 0.0,
+                         links, len(part), sub.number_of_edges(), method))
     return pd.DataFrame(rows, columns=[c.split()[0] for c in COMMUNITY_SCHEMA.split(", ")])
+
+
+def _typical_gross(part: set, gross: dict[str, float]) -> float:
+    """Median money moved on mule-like links by the part's accounts that moved any (0 if none did).
+
+    A member's ``money_share`` is its own gross flow over this: a mule of a
+    fan-in ring or a hop of a layering chain moves about as much as its mates
+    (share near 1), a friend who got one forwarded transfer or a household
+    member a small part of it (docs/candidates.md, "Money share").
+    """
+    moved = sorted(gross[v] for v in part if v.startswith(ACCOUNT_PREFIX) and gross.get(v, 0.0) > 0.0)
+    if not moved:
+        return 0.0
+    mid = len(moved) // 2
+    return moved[mid] if len(moved) % 2 else (moved[mid - 1] + moved[mid]) / 2.0
 
 
 def _merge_fragments(g: nx.Graph, parts: list[set], min_size: int) -> list[set]:
@@ -231,7 +253,7 @@ def ring_tables(communities: DataFrame, ids: DataFrame, ds: dt.date) -> tuple[Da
         F.split("id", ":", 2)[0].alias("entity_type"),
         F.split("id", ":", 2)[1].alias("entity_id"),
         F.col("id").alias("member_vertex"),
-        "role", "weighted_degree", "net_flow", "ring_links",
+        "role", "weighted_degree", "net_flow", "gross_flow", "money_share", "ring_links",
     )
     counts = [F.sum((F.col("entity_type") == t).cast("int")).alias(f"n_{t}s")
               for t in ("account", "device", "ip", "card", "merchant")]

@@ -118,6 +118,7 @@ outsiders is small). With ``w = scoring.weights``::
       + w.ring_member x ring_score                                 (member)
         + w.ring_shared x f_ring_shared x ring_score
         + w.ring_tied x f_ring_tied x ring_score
+        + w.ring_money x f_ring_money x ring_score
       | w.ring_link x link_strength x ring_score                   (link)
       + w.propagated x propagated risk
       + w.fraud_label  if the latest usable label is fraud/mule/card_testing
@@ -137,6 +138,17 @@ accounts the member is directly linked to in the candidate graph. A ring
 member is tied to the ring by several of its links; a household member or a
 friend pulled into a ring is typically tied to it by one: a shared family
 device, or one transfer.
+
+``f_ring_money = ramp(money_share, scoring.evidence.ring_money_share)``, where
+``money_share`` (``ring_members``, graph/rings.py) is the money the member
+moved on mule-like transfer links (in and out) over the median of what its
+ring's money-moving accounts moved. The mules of a fan-in ring or the hops
+of a layering chain each move about the same sums, whatever the currency or
+the scale of the fraud; a friend who got one forwarded transfer moves a
+small part of it, and a member who moved nothing (a household member on a
+shared device, a dormant mule) gets nothing from this term. A mule sending
+to its collector is tied to the ring by that one link, so this is the term
+that separates it from the friend, who is tied by one link too.
 
 Meaning: ``score`` is a monotone estimate of the probability that the entity
 takes part in fraud; ``w.bias`` is the log-odds with no evidence (0.0002 with
@@ -304,6 +316,8 @@ SHARED_RING_ACCOUNTS = "shared_ring_accounts"  # most ring accounts on one devic
 F_RING_SHARED = "f_ring_shared"
 RING_LINKS = "ring_links"  # ring_members: accounts of its ring a member is directly linked to
 F_RING_TIED = "f_ring_tied"
+MONEY_SHARE = "money_share"  # ring_members: money a member moved on mule-like links / its ring's median mover's
+F_RING_MONEY = "f_ring_money"
 PROPAGATED_RISK = "propagated_risk"
 C_BEHAVIOUR, C_RING, C_PROPAGATED, C_LABEL = "c_behaviour", "c_ring", "c_propagated", "c_label"
 LOGIT, SCORE, THRESHOLD, LISTED = "logit", "score", "threshold", "listed"
@@ -328,7 +342,8 @@ RINGS_DDL = ("ring_id STRING, size BIGINT, n_accounts BIGINT, n_devices BIGINT, 
              "n_cards BIGINT, n_merchants BIGINT, n_edges BIGINT, density DOUBLE, method STRING, "
              "first_seen DATE, last_seen DATE")
 RING_MEMBERS_DDL = ("ring_id STRING, entity_type STRING, entity_id STRING, member_vertex STRING, "
-                    "role STRING, weighted_degree DOUBLE, net_flow DOUBLE, ring_links BIGINT")
+                    "role STRING, weighted_degree DOUBLE, net_flow DOUBLE, gross_flow DOUBLE, "
+                    "money_share DOUBLE, ring_links BIGINT")
 PROPAGATED_DDL = "id STRING, risk DOUBLE"
 
 
@@ -788,8 +803,9 @@ def _attachments(ring_members: DataFrame, typed_rings: DataFrame, infrastructure
     w = cfg.scoring.weights
     c = F.col
     rings = typed_rings.select(RING_ID, RING_TYPE, RING_SCORE, RING_LISTED, N_ACCOUNTS)
-    members = (ring_members.select(RING_ID, *KEYS, RING_LINKS).distinct().join(rings, RING_ID)
-               .select(*KEYS, RING_ID, RING_LINKS, F.lit(MEMBER).alias(ATTACHMENT), F.lit(1.0).alias(LINK_STRENGTH),
+    members = (ring_members.select(RING_ID, *KEYS, RING_LINKS, MONEY_SHARE).distinct().join(rings, RING_ID)
+               .select(*KEYS, RING_ID, RING_LINKS, MONEY_SHARE, F.lit(MEMBER).alias(ATTACHMENT),
+                       F.lit(1.0).alias(LINK_STRENGTH),
                        F.lit(None).cast("bigint").alias(RING_ACCOUNTS), F.lit(None).cast("bigint").alias(ACCOUNTS),
                        RING_TYPE, RING_SCORE, RING_LISTED, N_ACCOUNTS))
     strength = (_ratio(c(RING_ACCOUNTS), c(ACCOUNTS))
@@ -798,7 +814,8 @@ def _attachments(ring_members: DataFrame, typed_rings: DataFrame, infrastructure
                                    RING_ACCOUNTS, ACCOUNTS).distinct()
              .join(members.select(*KEYS).distinct(), list(KEYS), "left_anti")
              .join(rings, RING_ID)
-             .select(*KEYS, RING_ID, F.lit(None).cast("bigint").alias(RING_LINKS), F.lit(LINK).alias(ATTACHMENT),
+             .select(*KEYS, RING_ID, F.lit(None).cast("bigint").alias(RING_LINKS),
+                     F.lit(None).cast("double").alias(MONEY_SHARE), F.lit(LINK).alias(ATTACHMENT),
                      strength.alias(LINK_STRENGTH),
                      RING_ACCOUNTS, ACCOUNTS, RING_TYPE, RING_SCORE, RING_LISTED, N_ACCOUNTS))
     pull = F.when(c(ATTACHMENT) == MEMBER, F.lit(w.ring_member)).otherwise(F.lit(w.ring_link)) \
@@ -807,7 +824,7 @@ def _attachments(ring_members: DataFrame, typed_rings: DataFrame, infrastructure
     best = Window.partitionBy(*KEYS).orderBy(F.desc(c(ATTACHMENT) == MEMBER), F.desc("_pull"), RING_ID)
     return (members.unionByName(links).withColumn("_pull", pull)
             .withColumn("_n", F.row_number().over(best)).where(c("_n") == 1)
-            .select(*KEYS, c(RING_ID).alias(ATTACHED_RING), ATTACHMENT, LINK_STRENGTH, RING_LINKS,
+            .select(*KEYS, c(RING_ID).alias(ATTACHED_RING), ATTACHMENT, LINK_STRENGTH, RING_LINKS, MONEY_SHARE,
                     c(RING_ACCOUNTS).alias("link_ring_accounts"), c(ACCOUNTS).alias("link_accounts"),
                     c(RING_TYPE).alias("attached_ring_type"), RING_SCORE, RING_LISTED,
                     c(N_ACCOUNTS).alias("ring_n_accounts"), c("_pull").alias(C_RING)))
@@ -847,7 +864,7 @@ def entity_scores(
     the listed rows. ``ds`` is unused beyond the default cut-off.
     """
     _require(signals, "signals", SIGNALS_REQUIRED)
-    _require(ring_members, "ring_members", (*MEMBERS_REQUIRED, RING_LINKS))
+    _require(ring_members, "ring_members", (*MEMBERS_REQUIRED, RING_LINKS, MONEY_SHARE))
     _require(typed_rings, "typed rings", TYPED_RING_COLUMNS)
     _require(infrastructure, "ring infrastructure", INFRA_COLUMNS)
     sc, w, c = cfg.scoring, cfg.scoring.weights, F.col
@@ -873,6 +890,8 @@ def entity_scores(
     df = df.withColumn(SHARED_RING_ACCOUNTS, F.when(c(ATTACHMENT) == MEMBER, F.coalesce(shared_n, F.lit(1))))
     df = df.withColumn(F_RING_SHARED, _ramp(c(SHARED_RING_ACCOUNTS), sc.evidence.ring_shared_accounts))
     df = df.withColumn(F_RING_TIED, _ramp(F.when(c(ATTACHMENT) == MEMBER, c(RING_LINKS)), sc.evidence.ring_links))
+    df = df.withColumn(F_RING_MONEY, _ramp(F.when(c(ATTACHMENT) == MEMBER, c(MONEY_SHARE)),
+                                           sc.evidence.ring_money_share))
 
     in_listed_ring = F.coalesce(c(RING_LISTED), F.lit(False))
     from_trusted = c(SOURCE).isin(*sc.trusted_label_sources) if sc.trusted_label_sources else F.lit(False)
@@ -885,7 +904,8 @@ def entity_scores(
         PROPAGATED_RISK: F.coalesce(c(PROPAGATED_RISK), F.lit(0.0)),
         C_BEHAVIOUR: c(CT_POINTS) + c(MULE_POINTS) + c(BOT_POINTS),
         C_RING: F.coalesce(c(C_RING), F.lit(0.0))
-        + (F.lit(w.ring_shared) * c(F_RING_SHARED) + F.lit(w.ring_tied) * c(F_RING_TIED))
+        + (F.lit(w.ring_shared) * c(F_RING_SHARED) + F.lit(w.ring_tied) * c(F_RING_TIED)
+           + F.lit(w.ring_money) * c(F_RING_MONEY))
         * F.coalesce(c(RING_SCORE), F.lit(0.0)),
         C_LABEL: (F.when(c(LABEL).isin(*FRAUD_LABELS), F.lit(w.fraud_label))
                   .when(c(LABEL) == "legit", F.lit(-w.legit_label)).otherwise(F.lit(0.0))),
@@ -913,12 +933,15 @@ def _entity_reasons(cfg: RingfenceConfig, in_listed_ring: Column) -> Column:
         "used by %,d ring account%s (of %,d accounts in all) of ring %s (%s, %,d accounts) with score %.2f",
         c("link_ring_accounts"), F.when(c("link_ring_accounts") == 1, F.lit("")).otherwise(F.lit("s")),
         c("link_accounts"), c(ATTACHED_RING), c("attached_ring_type"), c("ring_n_accounts"), c(RING_SCORE)))
+    money_text = F.when(in_listed_ring & (c(ATTACHMENT) == MEMBER)
+                        & (c(MONEY_SHARE) >= cfg.scoring.evidence.ring_money_share[0]), F.format_string(
+        "moved %.1fx the money of its ring's median mover on mule-like transfers", c(MONEY_SHARE)))
     label_text = F.when(c(LABEL).isNotNull(), _label_text(c(LABEL), c(SOURCE), c(LABELED_AT)))
     prop_text = F.when(c(PROPAGATED_RISK) >= cfg.scoring.reason_min_propagated, F.format_string(
         "propagated risk %.2f from labelled entities nearby in the graph", c(PROPAGATED_RISK)))
     empty = F.array().cast("array<string>")
     reasons = F.concat(
-        F.filter(F.array(ring_text, link_text, label_text), lambda x: x.isNotNull()),
+        F.filter(F.array(ring_text, link_text, money_text, label_text), lambda x: x.isNotNull()),
         F.coalesce(c(S.SIGNAL_REASONS), empty),
         F.when(in_listed_ring, F.coalesce(F.transform(F.slice(F.filter(
             c("_shared"), lambda x: x["r"] == c(ATTACHED_RING)), 1, 2), lambda x: x["t"]), empty))

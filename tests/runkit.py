@@ -265,15 +265,21 @@ RINGS_SCHEMA = pa.schema(
 MEMBERS_SCHEMA = pa.schema(
     [("ring_id", pa.string()), ("entity_type", pa.string()), ("entity_id", pa.string()),
      ("member_vertex", pa.string()), ("role", pa.string()), ("weighted_degree", pa.float64()),
-     ("net_flow", pa.float64()), ("ring_links", pa.int64())])
+     ("net_flow", pa.float64()), ("gross_flow", pa.float64()), ("money_share", pa.float64()),
+     ("ring_links", pa.int64())])
 
 
 def _rings(run: Path, ds: dt.date) -> None:
     _write([dict(zip(RINGS_SCHEMA.names, r, strict=True)) for r in RINGS[ds]], RINGS_SCHEMA, run / "rings")
     # Every ring a clique: an account is linked to the ring's other accounts, an identifier to all of them.
     n_acc = {r: sum(v.startswith("account:") for r2, v, *_ in MEMBERS[ds] if r2 == r) for r, *_ in MEMBERS[ds]}
+    # Each account's only money link is its net flow; the share is over the ring's median mover's.
+    movers = {r: sorted(abs(f) for r2, _, _, _, f in MEMBERS[ds] if r2 == r and f) for r, *_ in MEMBERS[ds]}
+    median = {r: (m[len(m) // 2] if len(m) % 2 else (m[len(m) // 2 - 1] + m[len(m) // 2]) / 2) if m else 0.0
+              for r, m in movers.items()}
     _write([dict(ring_id=r, entity_type=v.split(":", 1)[0], entity_id=v.split(":", 1)[1], member_vertex=v,
-                 role=role, weighted_degree=w, net_flow=f, ring_links=n_acc[r] - v.startswith("account:"))
+                 role=role, weighted_degree=w, net_flow=f, gross_flow=abs(f),
+                 money_share=abs(f) / median[r] if median[r] else 0.0, ring_links=n_acc[r] - v.startswith("account:"))
             for r, v, role, w, f in MEMBERS[ds]],
            MEMBERS_SCHEMA, run / "ring_members")
 

@@ -143,6 +143,9 @@ def test_ring_members_roles_scores_and_reasons(spark, root):
     ]
     assert records(m, ["member_vertex", "ring_links"]) == [
         ("account:a-01", 2), ("account:a-02", 2), ("account:a-03", 2), ("device:d-1", 3)]
+    assert records(m, ["member_vertex", "gross_flow", "money_share"]) == [
+        ("account:a-01", 100.0, 100 / 150), ("account:a-02", 150.0, 1.0), ("account:a-03", 250.0, 250 / 150),
+        ("device:d-1", 0.0, 0.0)]
     a03 = m.set_index("member_vertex").loc["account:a-03"]
     assert a03["reasons"] == [MULE_RING, PASS_THROUGH, "labelled mule by investigator"]
     assert a03["signal_reasons"] == [PASS_THROUGH]

@@ -196,10 +196,31 @@ def test_roles_follow_money_flow(spark, config):
     # Ring accounts each vertex is directly linked to: a and b to c, c to both, d1 to the three that used it.
     links = {r["id"]: r["ring_links"] for r in rows}
     assert links == {"account:a": 1, "account:b": 1, "account:c": 2, "device:d1": 3}
+    # Money moved on mule-like links, both directions, and over the median mover's (a: 100 of 80, 100, 180).
+    gross = {r["id"]: (r["gross_flow"], r["money_share"]) for r in rows}
+    assert gross == {"account:a": (100.0, 1.0), "account:b": (80.0, 0.8), "account:c": (180.0, 1.8),
+                     "device:d1": (0.0, 0.0)}
+
+
+def test_money_share_sets_a_friend_apart_from_the_mules():
+    # Three mules forward victims' money to a collector; m1 also passes a little on to a friend who
+    # moves it on, and a household member shares m2's device. One money component, kept whole.
+    edges = [(f"account:m{i}", "account:k", 2.5, amount) for i, amount in ((1, 500.0), (2, 450.0), (3, 520.0))]
+    edges += [("account:m1", "account:f", 2.5, 20.0), ("account:m2", "device:d", 0.5, 0.0),
+              ("account:h", "device:d", 0.5, 0.0)]
+    pdf = pd.DataFrame(edges, columns=["src", "dst", "weight", "flow"]).assign(component="c")
+    got = _refine_component(pdf, 5000, 3, 0.3, 50).set_index("id")
+    assert set(got["method"]) == {"money_component"} and got["community"].nunique() == 1
+    share = got["money_share"].to_dict()
+    # Movers: f 20, m2 450, m3 520, m1 520, k 1470: the median mover moved 520.
+    assert got.loc["account:m1", "gross_flow"] == 520.0 and got.loc["account:k", "gross_flow"] == 1470.0
+    assert share["account:m2"] == pytest.approx(450 / 520) and share["account:f"] == pytest.approx(20 / 520)
+    assert share["account:h"] == 0.0 and share["device:d"] == 0.0  # moved no money
 
 
 def _communities(spark, groups):
-    rows = [("c", key, v, "member", 1.0, 0.0, 1, len(vs), 1, "louvain") for key, vs in groups.items() for v in vs]
+    rows = [("c", key, v, "member", 1.0, 0.0, 0.0, 0.0, 1, len(vs), 1, "louvain")
+            for key, vs in groups.items() for v in vs]
     return spark.createDataFrame(rows, COMMUNITY_SCHEMA)
 
 

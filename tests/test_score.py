@@ -103,10 +103,17 @@ RING_LINKS = {**{a: 3 for a in CT + HON}, "mu-1": 4, **{a: 1 for a in MU[1:]},
               **{a: 1 + i % 4 for i, a in enumerate(BIG)}}
 
 
+# Money each member moved on mule-like links over its ring's median mover's (graph/rings.py money_share):
+# the mule ring's senders alike, its collector all of it; in the big ring one forwarded a little.
+MONEY_SHARE = {**{a: 0.0 for a in CT + HON + BIG}, "mu-1": 4.0, **{a: 1.0 for a in MU[1:]},
+               "b-03": 0.3}
+
+
 def member_rows():
     rows = []
     for ring, accts in (("RCT", CT), ("RMULE", MU), ("RHON", HON), ("RBIG", BIG)):
-        rows += [(ring, "account", a, f"account:{a}", "member", 1.0, 0.0, RING_LINKS[a]) for a in accts]
+        rows += [(ring, "account", a, f"account:{a}", "member", 1.0, 0.0, 0.0, MONEY_SHARE[a], RING_LINKS[a])
+                 for a in accts]
     return rows
 
 
@@ -208,6 +215,8 @@ def test_mule_ring_typed_mule(world):
     assert {a for (t, a), r in risk.items() if r["ring_id"] == "RMULE" and t == "account"} == set(MU)
     assert all(risk[("account", a)]["ring_type"] == "mule" for a in MU)
     assert any(x.startswith("forwarded 95% of inflows within 48 h") for x in risk[("account", "mu-1")]["reasons"])
+    assert risk[("account", "mu-2")]["reasons"][1] == \
+        "moved 1.0x the money of its ring's median mover on mule-like transfers"
     # The shared device has no behaviour of its own: a link of the ring, not listed on the link alone.
     assert scores[("device", "d-mu")]["attached_ring_id"] == "RMULE" and ("device", "d-mu") not in risk
 
@@ -309,6 +318,17 @@ def test_members_tied_to_several_ring_accounts_gain_the_tied_term(spark, config,
     assert scores[("device", "d-mu")]["logit"] == pytest.approx(scores0[("device", "d-mu")]["logit"])
 
 
+def test_members_moving_as_much_money_as_their_mates_gain_the_money_term(spark, config, inputs, world):
+    _, scores0, _, _ = world
+    f = {a: ramp(s, config.scoring.evidence.ring_money_share) for a, s in MONEY_SHARE.items()}
+    assert all(scores0[("account", a)]["f_ring_money"] == pytest.approx(f[a]) for a in f)
+    assert f["mu-2"] == 1.0 and 0.0 < f["b-03"] < 1.0 and f["h-1"] == 0.0
+    assert scores0[("device", "d-mu")]["f_ring_money"] == 0.0  # identifiers are not members
+    scores = assert_member_term(spark, config, inputs, scores0, "ring_money", f)
+    assert scores[("account", "mu-2")]["logit"] > scores0[("account", "mu-2")]["logit"]
+    assert scores[("account", "h-1")]["logit"] == pytest.approx(scores0[("account", "h-1")]["logit"])
+
+
 def test_materialised_tables_are_each_written_once_and_change_nothing(spark, config, inputs, world,
                                                                       materialise_to_parquet):
     # The score stage passes a write-and-read-back, so each table that feeds later ones is computed once.
@@ -341,9 +361,10 @@ def test_stored_scores_leave_out_only_unremarkable_entities(spark, config, input
     assert {(r["entity_type"], r["entity_id"]) for r in res.risk.collect()} == set(risk)
 
 
-def test_missing_ring_links_is_a_clear_error(spark, config, inputs):
-    old = inputs["ring_members"].drop("ring_links")  # ring_members written before ring_links existed
-    with pytest.raises(SchemaError, match=r"ring_members lacks columns \['ring_links'\]"):
+@pytest.mark.parametrize("column", ["ring_links", "money_share"])
+def test_ring_members_from_before_a_member_column_is_a_clear_error(spark, config, inputs, column):
+    old = inputs["ring_members"].drop(column)  # ring_members written before the column existed
+    with pytest.raises(SchemaError, match=rf"ring_members lacks columns \['{column}'\]"):
         SC.score_run(inputs["rings"], old, inputs["edges"], inputs["signals"], labels_df(spark), None, config, DS)
 
 
@@ -537,7 +558,8 @@ def test_propagated_risk_raises_score_with_reason(spark, config, inputs, world):
 
 def with_flow(spark, inputs, flow_of):
     """``inputs`` with ``flow_of(ring, account)`` as each member's net_flow (mule-like transfer links)."""
-    members = [(ring, t, e, v, role, wd, flow_of(ring, e), n) for ring, t, e, v, role, wd, _, n in member_rows()]
+    members = [(ring, t, e, v, role, wd, flow_of(ring, e), g, s, n)
+               for ring, t, e, v, role, wd, _, g, s, n in member_rows()]
     return {**inputs, "ring_members": spark.createDataFrame(members, SC.RING_MEMBERS_DDL)}
 
 
