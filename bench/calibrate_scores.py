@@ -207,16 +207,17 @@ def entity_design(wd: World, ring_score: pd.Series, unlabelled: bool = False) ->
     rs = e.attached_ring_id.map(ring_score).fillna(0.0).to_numpy()
     strength = e.link_strength.fillna(0.0).to_numpy()
     lab = 0.0 if unlabelled else 1.0
+    member = (e.attachment == "member").to_numpy()
     return np.column_stack([
         e[[f for fam in FAMILIES for f, _ in fam]].to_numpy(float),
-        (e.attachment == "member").to_numpy() * rs,
+        member * rs,
         (e.attachment == "link").to_numpy() * strength * rs,
         lab * e.propagated_risk.fillna(0.0).to_numpy(),
         lab * e.label.isin(FRAUD).to_numpy(float),
         -lab * (e.label == "legit").to_numpy(float),
-        (e.attachment == "member").to_numpy() * e.f_ring_shared.to_numpy(float) * rs,
-        (e.attachment == "member").to_numpy() * e.f_ring_tied.to_numpy(float) * rs,
-        (e.attachment == "member").to_numpy() * e.f_ring_money.to_numpy(float) * rs])
+        member * e.f_ring_shared.to_numpy(float) * rs,
+        member * e.f_ring_tied.to_numpy(float) * rs,
+        member * e.f_ring_money.to_numpy(float) * rs])
 
 
 # --------------------------------------------------------------------------- scoring (graph/score.py)

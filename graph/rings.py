@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import statistics
 from collections.abc import Callable
 
 import networkx as nx
@@ -137,11 +138,8 @@ def _typical_gross(part: set, gross: dict[str, float]) -> float:
     (share near 1), a friend who got one forwarded transfer or a household
     member a small part of it (docs/candidates.md, "Money share").
     """
-    moved = sorted(gross[v] for v in part if v.startswith(ACCOUNT_PREFIX) and gross.get(v, 0.0) > 0.0)
-    if not moved:
-        return 0.0
-    mid = len(moved) // 2
-    return moved[mid] if len(moved) % 2 else (moved[mid - 1] + moved[mid]) / 2.0
+    moved = [gross[v] for v in part if v.startswith(ACCOUNT_PREFIX) and gross.get(v, 0.0) > 0.0]
+    return statistics.median(moved) if moved else 0.0
 
 
 def _merge_fragments(g: nx.Graph, parts: list[set], min_size: int) -> list[set]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import statistics
 from collections import defaultdict
 from decimal import Decimal as D
 from pathlib import Path
@@ -274,9 +275,8 @@ def _rings(run: Path, ds: dt.date) -> None:
     # Every ring a clique: an account is linked to the ring's other accounts, an identifier to all of them.
     n_acc = {r: sum(v.startswith("account:") for r2, v, *_ in MEMBERS[ds] if r2 == r) for r, *_ in MEMBERS[ds]}
     # Each account's only money link is its net flow; the share is over the ring's median mover's.
-    movers = {r: sorted(abs(f) for r2, _, _, _, f in MEMBERS[ds] if r2 == r and f) for r, *_ in MEMBERS[ds]}
-    median = {r: (m[len(m) // 2] if len(m) % 2 else (m[len(m) // 2 - 1] + m[len(m) // 2]) / 2) if m else 0.0
-              for r, m in movers.items()}
+    movers = {r: [abs(f) for r2, _, _, _, f in MEMBERS[ds] if r2 == r and f] for r, *_ in MEMBERS[ds]}
+    median = {r: statistics.median(m) if m else 0.0 for r, m in movers.items()}
     _write([dict(ring_id=r, entity_type=v.split(":", 1)[0], entity_id=v.split(":", 1)[1], member_vertex=v,
                  role=role, weighted_degree=w, net_flow=f, gross_flow=abs(f),
                  money_share=abs(f) / median[r] if median[r] else 0.0, ring_links=n_acc[r] - v.startswith("account:"))
