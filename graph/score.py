@@ -872,18 +872,15 @@ def entity_scores(
 
     attached = _attachments(ring_members, typed_rings, infrastructure, cfg)
     prop = _propagated(propagated)
-    sig = signals.select(*KEYS, *SIGNALS_USED, S.SIGNAL_REASONS)
-    key_sources = [sig.select(*KEYS), attached.select(*KEYS)]
-    if prop is not None:
-        key_sources.append(prop.where(c(PROPAGATED_RISK) > 0).select(*KEYS))
-    universe = reduce(DataFrame.unionByName, key_sources).where(c(ENTITY_ID).isNotNull()).distinct()
-
-    df = (universe.join(sig, list(KEYS), "left")
-          .transform(behaviour_evidence(cfg))
-          .join(attached, list(KEYS), "left")
-          .join(usable_labels(labels, cutoff), list(KEYS), "left"))
-    df = (df.join(prop, list(KEYS), "left") if prop is not None
+    # The scored entities: those with signals, a ring attachment or propagated risk. Each source has
+    # one row per entity, so full outer joins list them without a distinct over all of them.
+    known = c(ENTITY_ID).isNotNull()
+    df = (signals.select(*KEYS, *SIGNALS_USED, S.SIGNAL_REASONS).where(known)
+          .join(attached.where(known), list(KEYS), "full_outer"))
+    df = (df.join(prop.where(known & (c(PROPAGATED_RISK) > 0)), list(KEYS), "full_outer") if prop is not None
           else df.withColumn(PROPAGATED_RISK, F.lit(None).cast("double")))
+    df = (df.transform(behaviour_evidence(cfg))
+          .join(usable_labels(labels, cutoff), list(KEYS), "left"))
     df = df.join(_shared_reasons(infrastructure), list(KEYS), "left")
     shared_n = F.array_max(F.transform(F.filter(c("_shared"), lambda x: x["r"] == c(ATTACHED_RING)),
                                        lambda x: -x["k"]))
