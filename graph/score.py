@@ -873,15 +873,21 @@ def entity_scores(
     attached = _attachments(ring_members, typed_rings, infrastructure, cfg)
     prop = _propagated(propagated)
     # The scored entities: those with signals, a ring attachment or propagated risk. Each source has
-    # one row per entity, so full outer joins list them without a distinct over all of them.
+    # one row per entity, so full outer joins list them without a distinct over all of them. The
+    # graph side (attachment, propagated risk, shared-infrastructure texts) is joined first, so the
+    # wide signals table (every entity of the window) is shuffled once, not once per join.
     known = c(ENTITY_ID).isNotNull()
-    df = (signals.select(*KEYS, *SIGNALS_USED, S.SIGNAL_REASONS).where(known)
-          .join(attached.where(known), list(KEYS), "full_outer"))
-    df = (df.join(prop.where(known & (c(PROPAGATED_RISK) > 0)), list(KEYS), "full_outer") if prop is not None
-          else df.withColumn(PROPAGATED_RISK, F.lit(None).cast("double")))
+    graph_side = attached.where(known)
+    graph_side = (graph_side.join(prop.where(known & (c(PROPAGATED_RISK) > 0)), list(KEYS), "full_outer")
+                  if prop is not None else graph_side.withColumn(PROPAGATED_RISK, F.lit(None).cast("double")))
+    # Texts of entities with neither attachment nor propagated risk (nor signals, below) are not scored.
+    graph_side = graph_side.join(_shared_reasons(infrastructure), list(KEYS), "full_outer")
+    df = (signals.select(*KEYS, *SIGNALS_USED, S.SIGNAL_REASONS, F.lit(True).alias("_signalled")).where(known)
+          .join(graph_side, list(KEYS), "full_outer")
+          .where(c("_signalled") | c(ATTACHMENT).isNotNull() | c(PROPAGATED_RISK).isNotNull()))
     df = (df.transform(behaviour_evidence(cfg))
           .join(usable_labels(labels, cutoff), list(KEYS), "left"))
-    df = df.join(_shared_reasons(infrastructure), list(KEYS), "left")
+    df = df.select(*[x for x in df.columns if x not in ("_signalled", "_shared")], "_shared")
     shared_n = F.array_max(F.transform(F.filter(c("_shared"), lambda x: x["r"] == c(ATTACHED_RING)),
                                        lambda x: -x["k"]))
     df = df.withColumn(SHARED_RING_ACCOUNTS, F.when(c(ATTACHMENT) == MEMBER, F.coalesce(shared_n, F.lit(1))))
