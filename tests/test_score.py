@@ -531,6 +531,27 @@ def test_scores_monotone_in_evidence(spark, config):
     assert scores["acct-2"] - scores["acct-0"] == pytest.approx(config.scoring.weights.propagated, abs=1e-9)
 
 
+def test_scored_entities_are_those_with_signals_a_ring_or_propagated_risk(spark, config):
+    """Shared-infrastructure texts only describe scored entities: an account that appears in them alone
+    (no signals, no ring attachment, no propagated risk) is not scored; one with only propagated risk is."""
+    signals = signal_reasons(spark.createDataFrame([ordinary("acct-0")], SIGNALS_DDL), config)
+    propagated = spark.createDataFrame([("account:prop-only", 0.4), ("account:acct-0", 0.2)], SC.PROPAGATED_DDL)
+    infra = spark.createDataFrame(
+        [("R9", f"account:{a}", "device:d-9", "device", "d-9", 3, 3) for a in ("acct-0", "ghost")],
+        "ring_id string, account_vertex string, via_vertex string, via_type string, via_id string, "
+        "ring_accounts bigint, accounts bigint")
+    labels = labels_df(spark)
+    typed = SC.type_rings(SC.ring_features(SC.empty_rings(spark), SC.empty_ring_members(spark), infra, signals,
+                                           labels, SC.label_cutoff(DS), config, propagated), config)
+    rows = SC.entity_scores(signals, SC.empty_ring_members(spark), typed, infra, labels, propagated,
+                            config, DS).collect()
+    by_key = {(r["entity_type"], r["entity_id"]): r for r in rows}
+    assert set(by_key) == {("account", "acct-0"), ("account", "prop-only")}
+    assert by_key[("account", "acct-0")]["propagated_risk"] == pytest.approx(0.2)
+    assert by_key[("account", "prop-only")]["propagated_risk"] == pytest.approx(0.4)
+    assert by_key[("account", "prop-only")]["events_n"] is None
+
+
 def test_propagated_risk_raises_score_with_reason(spark, config, inputs, world):
     _, scores0, _, _ = world
     propagated = spark.createDataFrame([("account:h-2", 0.9)], SC.PROPAGATED_DDL)
