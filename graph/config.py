@@ -81,7 +81,7 @@ class HubConf(_Section):
 
 class RingConf(_Section):
     min_ring_size: int = Field(3, ge=2)
-    # Components at most this large are refined with networkx in applyInPandas.
+    # Components at most this large are refined with networkx in applyInArrow.
     max_component_for_refinement: int = Field(5000, ge=10)
     # A component is split into communities only when their modularity reaches this;
     # below it the component stays one ring (0: always take the communities found).

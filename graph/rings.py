@@ -7,8 +7,10 @@ at scale (``graph.components``); this module takes them as an
 ``(id, component)`` DataFrame, whatever computed them, and:
 
 1. refines each component with networkx (Louvain, fixed seed) inside
-   ``applyInPandas`` — one component per task, so components are refined in
-   parallel across executors. Components above ``rings.max_component_for_refinement``
+   ``applyInArrow`` — one component per call, so components are refined in
+   parallel across executors (Arrow, not pandas: a night has tens of
+   thousands of components of a few vertices, and building a pandas frame in
+   and out of each cost more than refining it; docs/benchmarks.md, "Ring refinement"). Components above ``rings.max_component_for_refinement``
    vertices use label propagation (linear time) instead; components above
    ``GIANT_FACTOR`` × that cap are not split at all and are reported as
    ``unrefined`` (a sign the hub caps are too loose), never silently dropped.
@@ -40,7 +42,8 @@ import statistics
 from collections.abc import Callable
 
 import networkx as nx
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -55,6 +58,11 @@ COMMUNITY_SCHEMA = (
     "weighted_degree double, net_flow double, gross_flow double, money_share double, ring_links long, "
     "n_vertices long, n_edges long, method string"
 )
+
+_ARROW_TYPES = {"string": pa.string(), "double": pa.float64(), "long": pa.int64()}
+COMMUNITY_ARROW_SCHEMA = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in
+                                    (field.split() for field in COMMUNITY_SCHEMA.split(", "))])
+EDGE_FIELDS = ("src", "dst", "weight", "flow")
 
 RINGS_COLUMNS = (
     "ring_id", "size", "n_accounts", "n_devices", "n_ips", "n_cards", "n_merchants",
@@ -71,20 +79,27 @@ def _money_only(g: nx.Graph, max_accounts: int) -> bool:
     return bool(links) and all(d["money"] for d in links)
 
 
-def _refine_component(pdf: pd.DataFrame, cap: int, min_size: int, min_q: float,
-                      money_max: int) -> pd.DataFrame:
-    """Split one component's edges (src, dst, weight, flow) into communities.
+def _refine_component(table: pa.Table, cap: int, min_size: int, min_q: float,
+                      money_max: int) -> pa.Table:
+    """Split one component's edges (component, src, dst, weight, flow) into communities.
 
-    The rows arrive in whatever order the shuffle delivered them, and Louvain's
-    result depends on the order vertices and edges enter the graph even with a
-    fixed seed; sorting first makes a rerun of the same night give the same rings.
+    Returns one row per member of a community of at least ``min_size``
+    vertices (``COMMUNITY_ARROW_SCHEMA``). The rows arrive in whatever order
+    the shuffle delivered them, and Louvain's result depends on the order
+    vertices and edges enter the graph even with a fixed seed; sorting first
+    makes a rerun of the same night give the same rings.
     """
-    comp = str(pdf["component"].iloc[0])
-    pdf = pdf.sort_values(["src", "dst", "weight", "flow"], kind="stable")
+    comp = str(table.column("component")[0].as_py())
+    columns = [table.column(name) for name in EDGE_FIELDS]
+    for name, col in zip(EDGE_FIELDS, columns, strict=True):
+        nan = pc.sum(pc.is_nan(col)).as_py() or 0 if pa.types.is_floating(col.type) else 0
+        if col.null_count or nan:
+            raise ValueError(f"component {comp}: {col.null_count} null and {nan} NaN {name} values in its "
+                             "candidate edges; the candidate graph must not produce them")
     g = nx.Graph()
     flow: dict[str, float] = {}
     gross: dict[str, float] = {}
-    for src, dst, w, f in zip(pdf["src"], pdf["dst"], pdf["weight"], pdf["flow"], strict=True):
+    for src, dst, w, f in sorted(zip(*(col.to_pylist() for col in columns), strict=True)):
         if g.has_edge(src, dst):
             g[src][dst]["weight"] += float(w)
             g[src][dst]["money"] |= float(f) != 0.0
@@ -127,7 +142,10 @@ def _refine_component(pdf: pd.DataFrame, cap: int, min_size: int, min_q: float,
             rows.append((comp, key, v, _role(v, wdeg[v], top, flow.get(v, 0.0)), float(wdeg[v]),
                          float(flow.get(v, 0.0)), moved, moved / typical if typical else 0.0,
                          links, len(part), sub.number_of_edges(), method))
-    return pd.DataFrame(rows, columns=[c.split()[0] for c in COMMUNITY_SCHEMA.split(", ")])
+    if not rows:
+        return COMMUNITY_ARROW_SCHEMA.empty_table()
+    return pa.Table.from_arrays([pa.array(col, type=field.type) for col, field in
+                                 zip(zip(*rows, strict=True), COMMUNITY_ARROW_SCHEMA, strict=True)], schema=COMMUNITY_ARROW_SCHEMA)
 
 
 def _typical_gross(part: set, gross: dict[str, float]) -> float:
@@ -205,8 +223,8 @@ def refine_components(
     r = cfg.rings
     cap, min_size, min_q = r.max_component_for_refinement, r.min_ring_size, r.min_split_modularity
     money_max = r.money_component_max_accounts
-    return e.groupBy("component").applyInPandas(
-        lambda pdf: _refine_component(pdf, cap, min_size, min_q, money_max), schema=COMMUNITY_SCHEMA)
+    return e.groupBy("component").applyInArrow(
+        lambda table: _refine_component(table, cap, min_size, min_q, money_max), schema=COMMUNITY_SCHEMA)
 
 
 def assign_ring_ids(

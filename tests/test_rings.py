@@ -1,4 +1,4 @@
-"""Ring refinement (networkx in applyInPandas), stable ring ids, ring tables.
+"""Ring refinement (networkx in applyInArrow), stable ring ids, ring tables.
 
 Candidate components come from GraphFrames in the pipeline; here they are
 computed with networkx on tiny hand-made graphs so that the refinement and
@@ -11,6 +11,7 @@ import itertools
 import networkx as nx
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from graph.rings import (
@@ -43,6 +44,11 @@ def _graph(edges):
 def _edges(spark, edges):
     rows = [(s, d, float(w), float(f)) for s, d, w, f in edges]
     return spark.createDataFrame(rows, "src string, dst string, weight double, flow double")
+
+
+def _refine(pdf: pd.DataFrame, *args) -> pd.DataFrame:
+    """``_refine_component`` on a frame of (src, dst, weight, flow, component), as Spark hands it a group."""
+    return _refine_component(pa.Table.from_pandas(pdf, preserve_index=False), *args).to_pandas()
 
 
 def clique(prefix, n, w=1.0):
@@ -95,9 +101,21 @@ def test_communities_do_not_depend_on_the_order_rows_arrive_in():
     got = set()
     for o in orders:
         pdf = pd.DataFrame(o, columns=["src", "dst", "weight", "flow"]).assign(component="c")
-        out = _refine_component(pdf, 5000, 3, 0.0, 0)
+        out = _refine(pdf, 5000, 3, 0.0, 0)
         got.add(frozenset(frozenset(v) for v in out.groupby("community")["id"].apply(set)))
     assert len(got) == 1
+
+
+@pytest.mark.parametrize(("column", "value"), [("weight", float("nan")), ("flow", None), ("dst", None)])
+def test_a_missing_value_in_a_candidate_edge_is_a_clear_error(column, value):
+    # As Spark hands over a group: a null is an Arrow null, a NaN stays a NaN.
+    rows = [dict(zip(("src", "dst", "weight", "flow"), e, strict=True), component="c7") for e in clique("x", 4)]
+    schema = pa.schema([("src", pa.string()), ("dst", pa.string()), ("weight", pa.float64()),
+                        ("flow", pa.float64()), ("component", pa.string())])
+    assert _refine_component(pa.Table.from_pylist(rows, schema), 5000, 3, 0.0, 0).num_rows == 4
+    rows[2][column] = value
+    with pytest.raises(ValueError, match=f"component c7: .* {column} values"):
+        _refine_component(pa.Table.from_pylist(rows, schema), 5000, 3, 0.0, 0)
 
 
 def _layering_tree() -> list[tuple]:
@@ -109,7 +127,7 @@ def _layering_tree() -> list[tuple]:
 
 def _refined(edges, money_max, min_q=0.3):
     pdf = pd.DataFrame(edges, columns=["src", "dst", "weight", "flow"]).assign(component="c")
-    got = _refine_component(pdf, 5000, 3, min_q, money_max)
+    got = _refine(pdf, 5000, 3, min_q, money_max)
     return sorted(sorted(ids) for ids in got.groupby("community")["id"].apply(set)), set(got["method"])
 
 
@@ -142,7 +160,7 @@ def test_a_split_below_the_modularity_bar_keeps_the_component_whole():
 
     def communities(edges, min_q):
         pdf = pd.DataFrame(edges, columns=["src", "dst", "weight", "flow"]).assign(component="c")
-        got = _refine_component(pdf, 5000, 3, min_q, 0)
+        got = _refine(pdf, 5000, 3, min_q, 0)
         return sorted(sorted(ids) for ids in got.groupby("community")["id"].apply(set))
 
     assert len(communities(dense, 0.0)) >= 2
@@ -209,7 +227,7 @@ def test_money_share_sets_a_friend_apart_from_the_mules():
     edges += [("account:m1", "account:f", 2.5, 20.0), ("account:m2", "device:d", 0.5, 0.0),
               ("account:h", "device:d", 0.5, 0.0)]
     pdf = pd.DataFrame(edges, columns=["src", "dst", "weight", "flow"]).assign(component="c")
-    got = _refine_component(pdf, 5000, 3, 0.3, 50).set_index("id")
+    got = _refine(pdf, 5000, 3, 0.3, 50).set_index("id")
     assert set(got["method"]) == {"money_component"} and got["community"].nunique() == 1
     share = got["money_share"].to_dict()
     # Movers: f 20, m2 450, m3 520, m1 520, k 1470: the median mover moved 520.
