@@ -10,7 +10,8 @@ at scale (``graph.components``); this module takes them as an
    ``applyInArrow`` — one component per call, so components are refined in
    parallel across executors (Arrow, not pandas: a night has tens of
    thousands of components of a few vertices, and building a pandas frame in
-   and out of each cost more than refining it; docs/benchmarks.md, "Ring refinement"). Components above ``rings.max_component_for_refinement``
+   and out of each cost more than refining it; docs/benchmarks.md, "Ring
+   refinement"). Components above ``rings.max_component_for_refinement``
    vertices use label propagation (linear time) instead; components above
    ``GIANT_FACTOR`` × that cap are not split at all and are reported as
    ``unrefined`` (a sign the hub caps are too loose), never silently dropped.
@@ -92,7 +93,7 @@ def _refine_component(table: pa.Table, cap: int, min_size: int, min_q: float,
     comp = str(table.column("component")[0].as_py())
     columns = [table.column(name) for name in EDGE_FIELDS]
     for name, col in zip(EDGE_FIELDS, columns, strict=True):
-        nan = pc.sum(pc.is_nan(col)).as_py() or 0 if pa.types.is_floating(col.type) else 0
+        nan = (pc.sum(pc.is_nan(col)).as_py() or 0) if pa.types.is_floating(col.type) else 0
         if col.null_count or nan:
             raise ValueError(f"component {comp}: {col.null_count} null and {nan} NaN {name} values in its "
                              "candidate edges; the candidate graph must not produce them")
@@ -144,8 +145,10 @@ def _refine_component(table: pa.Table, cap: int, min_size: int, min_q: float,
                          links, len(part), sub.number_of_edges(), method))
     if not rows:
         return COMMUNITY_ARROW_SCHEMA.empty_table()
-    return pa.Table.from_arrays([pa.array(col, type=field.type) for col, field in
-                                 zip(zip(*rows, strict=True), COMMUNITY_ARROW_SCHEMA, strict=True)], schema=COMMUNITY_ARROW_SCHEMA)
+    columns_out = zip(*rows, strict=True)
+    return pa.Table.from_arrays([pa.array(col, type=field.type)
+                                 for col, field in zip(columns_out, COMMUNITY_ARROW_SCHEMA, strict=True)],
+                                schema=COMMUNITY_ARROW_SCHEMA)
 
 
 def _typical_gross(part: set, gross: dict[str, float]) -> float:
