@@ -49,20 +49,19 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from graph.config import RingfenceConfig
+from graph.schema import spark_ddl
 
 GIANT_FACTOR = 10
 ACCOUNT_PREFIX = "account:"
 LOUVAIN_SEED = 42
 
-COMMUNITY_SCHEMA = (
-    "component string, community string, id string, role string, "
-    "weighted_degree double, net_flow double, gross_flow double, money_share double, ring_links long, "
-    "n_vertices long, n_edges long, method string"
+COMMUNITY_ARROW_SCHEMA = pa.schema(
+    [(name, pa.string()) for name in ("component", "community", "id", "role")]
+    + [(name, pa.float64()) for name in ("weighted_degree", "net_flow", "gross_flow", "money_share")]
+    + [(name, pa.int64()) for name in ("ring_links", "n_vertices", "n_edges")]
+    + [("method", pa.string())]
 )
-
-_ARROW_TYPES = {"string": pa.string(), "double": pa.float64(), "long": pa.int64()}
-COMMUNITY_ARROW_SCHEMA = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in
-                                    (field.split() for field in COMMUNITY_SCHEMA.split(", "))])
+COMMUNITY_SCHEMA = spark_ddl(COMMUNITY_ARROW_SCHEMA)
 EDGE_FIELDS = ("src", "dst", "weight", "flow")
 
 RINGS_COLUMNS = (
