@@ -799,35 +799,40 @@ def listed_rings(typed_rings: DataFrame) -> DataFrame:
 
 def _attachments(ring_members: DataFrame, typed_rings: DataFrame, infrastructure: DataFrame,
                  cfg: RingfenceConfig) -> DataFrame:
-    """At most one ring per entity: membership first, else the strongest link (ties: ring id)."""
+    """At most one ring per entity: membership first, else the strongest link (ties: ring id).
+
+    Every candidate (each membership, and each use of an identifier by a ring
+    account) goes into one aggregation per entity that keeps the least of
+    ``(not a member, -pull, ring id)`` with its columns: no distinct and no
+    window over the candidates (docs/benchmarks.md, "Scoring cost").
+    """
     w = cfg.scoring.weights
     c = F.col
     rings = typed_rings.select(RING_ID, RING_TYPE, RING_SCORE, RING_LISTED, N_ACCOUNTS)
-    members = (ring_members.select(RING_ID, *KEYS, RING_LINKS, MONEY_SHARE).distinct().join(rings, RING_ID)
-               .select(*KEYS, RING_ID, RING_LINKS, MONEY_SHARE, F.lit(MEMBER).alias(ATTACHMENT),
-                       F.lit(1.0).alias(LINK_STRENGTH),
-                       F.lit(None).cast("bigint").alias(RING_ACCOUNTS), F.lit(None).cast("bigint").alias(ACCOUNTS),
-                       RING_TYPE, RING_SCORE, RING_LISTED, N_ACCOUNTS))
+    no_count = F.lit(None).cast("bigint")
+    members = ring_members.select(*KEYS, RING_ID, RING_LINKS, MONEY_SHARE, F.lit(MEMBER).alias(ATTACHMENT),
+                                  F.lit(1.0).alias(LINK_STRENGTH), no_count.alias(RING_ACCOUNTS),
+                                  no_count.alias(ACCOUNTS))
     strength = (_ratio(c(RING_ACCOUNTS), c(ACCOUNTS))
                 * (F.lit(1.0) - F.pow(F.lit(0.5), c(RING_ACCOUNTS).cast("double"))))
-    links = (infrastructure.select(RING_ID, c(VIA_TYPE).alias(ENTITY_TYPE), c(VIA_ID).alias(ENTITY_ID),
-                                   RING_ACCOUNTS, ACCOUNTS).distinct()
-             .join(members.select(*KEYS).distinct(), list(KEYS), "left_anti")
-             .join(rings, RING_ID)
-             .select(*KEYS, RING_ID, F.lit(None).cast("bigint").alias(RING_LINKS),
-                     F.lit(None).cast("double").alias(MONEY_SHARE), F.lit(LINK).alias(ATTACHMENT),
-                     strength.alias(LINK_STRENGTH),
-                     RING_ACCOUNTS, ACCOUNTS, RING_TYPE, RING_SCORE, RING_LISTED, N_ACCOUNTS))
+    links = infrastructure.select(c(VIA_TYPE).alias(ENTITY_TYPE), c(VIA_ID).alias(ENTITY_ID), RING_ID,
+                                  no_count.alias(RING_LINKS), F.lit(None).cast("double").alias(MONEY_SHARE),
+                                  F.lit(LINK).alias(ATTACHMENT), strength.alias(LINK_STRENGTH),
+                                  RING_ACCOUNTS, ACCOUNTS)
     pull = F.when(c(ATTACHMENT) == MEMBER, F.lit(w.ring_member)).otherwise(F.lit(w.ring_link)) \
         * c(LINK_STRENGTH) * c(RING_SCORE)
-    # An entity in two rings (or a member linked to others) takes membership, then the strongest pull.
-    best = Window.partitionBy(*KEYS).orderBy(F.desc(c(ATTACHMENT) == MEMBER), F.desc("_pull"), RING_ID)
-    return (members.unionByName(links).withColumn("_pull", pull)
-            .withColumn("_n", F.row_number().over(best)).where(c("_n") == 1)
-            .select(*KEYS, c(RING_ID).alias(ATTACHED_RING), ATTACHMENT, LINK_STRENGTH, RING_LINKS, MONEY_SHARE,
-                    c(RING_ACCOUNTS).alias("link_ring_accounts"), c(ACCOUNTS).alias("link_accounts"),
-                    c(RING_TYPE).alias("attached_ring_type"), RING_SCORE, RING_LISTED,
-                    c(N_ACCOUNTS).alias("ring_n_accounts"), c("_pull").alias(C_RING)))
+    # The order of the choice, least first; a missing pull comes last, as in a descending sort.
+    order = [(c(ATTACHMENT) != MEMBER).alias("_o_link"),
+             F.coalesce(-pull, F.lit(float("inf"))).alias("_o_pull"), c(RING_ID).alias("_o_ring")]
+    chosen = {ATTACHED_RING: c(RING_ID), ATTACHMENT: c(ATTACHMENT), LINK_STRENGTH: c(LINK_STRENGTH),
+              RING_LINKS: c(RING_LINKS), MONEY_SHARE: c(MONEY_SHARE),
+              "link_ring_accounts": c(RING_ACCOUNTS), "link_accounts": c(ACCOUNTS),
+              "attached_ring_type": c(RING_TYPE), RING_SCORE: c(RING_SCORE), RING_LISTED: c(RING_LISTED),
+              "ring_n_accounts": c(N_ACCOUNTS), C_RING: pull}
+    best = F.min(F.struct(*order, *[col.alias(name) for name, col in chosen.items()]))
+    return (members.unionByName(links).join(rings, RING_ID)
+            .groupBy(*KEYS).agg(best.alias("_best"))
+            .select(*KEYS, *[c("_best")[name].alias(name) for name in chosen]))
 
 
 def _shared_reasons(infrastructure: DataFrame) -> DataFrame:
@@ -874,14 +879,15 @@ def entity_scores(
     prop = _propagated(propagated)
     # The scored entities: those with signals, a ring attachment or propagated risk. Each source has
     # one row per entity, so full outer joins list them without a distinct over all of them. The
-    # graph side (attachment, propagated risk, shared-infrastructure texts) is joined first, so the
+    # graph side (attachment, shared-infrastructure texts, propagated risk) is joined first, so the
     # wide signals table (every entity of the window) is shuffled once, not once per join.
     known = c(ENTITY_ID).isNotNull()
-    graph_side = attached.where(known)
+    # The texts are read only for the attached ring's members, so a left join keeps all that is used;
+    # both sides come grouped by entity, and a left join keeps that partitioning (a full outer join
+    # does not), so nothing is shuffled before the propagated risk is joined.
+    graph_side = attached.where(known).join(_shared_reasons(infrastructure), list(KEYS), "left")
     graph_side = (graph_side.join(prop.where(known & (c(PROPAGATED_RISK) > 0)), list(KEYS), "full_outer")
                   if prop is not None else graph_side.withColumn(PROPAGATED_RISK, F.lit(None).cast("double")))
-    # Texts of entities with neither attachment nor propagated risk (nor signals, below) are not scored.
-    graph_side = graph_side.join(_shared_reasons(infrastructure), list(KEYS), "full_outer")
     df = (signals.select(*KEYS, *SIGNALS_USED, S.SIGNAL_REASONS, F.lit(True).alias("_signalled")).where(known)
           .join(graph_side, list(KEYS), "full_outer")
           .where(c("_signalled") | c(ATTACHMENT).isNotNull() | c(PROPAGATED_RISK).isNotNull()))

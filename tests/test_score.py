@@ -649,3 +649,41 @@ def test_money_flow_counts_only_as_far_as_it_is_rare_tonight(spark, config, inpu
     assert rings3["RBIG"]["money_flow_evidence"] == pytest.approx(9 / RING_ACCOUNTS_TONIGHT)
     assert rings3["RHON"]["money_flow_evidence"] == pytest.approx(29 / RING_ACCOUNTS_TONIGHT)
     assert rings3["RCT"]["money_flow_evidence"] == 0.0
+
+
+def test_each_entity_takes_its_membership_else_its_strongest_link(spark, config):
+    """One ring per entity: a membership beats any link, then the strongest pull wins, ties going to the
+    smaller ring id; an entity listed twice in a ring (or used by several of its accounts) counts once."""
+    rings = spark.createDataFrame(
+        [("R1", "mule", 0.9, True, 4), ("R2", "card_testing", 0.6, True, 4), ("R3", "mule", 0.6, False, 4)],
+        f"{SC.RING_ID} STRING, {SC.RING_TYPE} STRING, {SC.RING_SCORE} DOUBLE, {SC.RING_LISTED} BOOLEAN, "
+        f"{SC.N_ACCOUNTS} BIGINT")
+    members = spark.createDataFrame(
+        [("R2", "account", "a1", 2, 0.5), ("R2", "account", "a1", 2, 0.5), ("R1", "account", "a2", 3, 1.0)],
+        f"{SC.RING_ID} STRING, entity_type STRING, entity_id STRING, {SC.RING_LINKS} BIGINT, "
+        f"{SC.MONEY_SHARE} DOUBLE")
+    # (ring, via, ring accounts using it, accounts in all): one row per ring account that used it.
+    uses = [("R1", "device", "d-shared", 3, 3), ("R1", "device", "d-shared", 3, 3), ("R1", "device", "d-shared", 3, 3),
+            ("R2", "device", "d-shared", 2, 3), ("R2", "device", "d-shared", 2, 3),   # pull 0.9 x s(3,3) wins
+            ("R2", "ip", "i-tie", 2, 4), ("R3", "ip", "i-tie", 2, 4),                 # same pull: R2 first
+            ("R1", "account", "a1", 1, 1),                 # a1 is R2's member: pull 0.06 against 1.1
+            ("R2", "card", "c-pull", 1, 9), ("R3", "card", "c-pull", 2, 2)]           # R3's link is stronger
+    infra = spark.createDataFrame(
+        [(r, f"account:x{i}", f"{t}:{v}", t, v, n, m) for i, (r, t, v, n, m) in enumerate(uses)],
+        f"{SC.RING_ID} STRING, account_vertex STRING, via_vertex STRING, {SC.VIA_TYPE} STRING, "
+        f"{SC.VIA_ID} STRING, {SC.RING_ACCOUNTS} BIGINT, {SC.ACCOUNTS} BIGINT")
+    # A membership's pull made weaker than a1's link to R1: membership must win all the same.
+    w = config.scoring.weights.model_copy(update={"ring_member": 0.1})
+    weak = config.model_copy(update={"scoring": config.scoring.model_copy(update={"weights": w})})
+    got = {(r["entity_type"], r["entity_id"]): r.asDict()
+           for r in SC._attachments(members, rings, infra, weak).collect()}
+    assert {k: (v[SC.ATTACHED_RING], v[SC.ATTACHMENT]) for k, v in got.items()} == {
+        ("account", "a1"): ("R2", SC.MEMBER), ("account", "a2"): ("R1", SC.MEMBER),
+        ("device", "d-shared"): ("R1", SC.LINK), ("ip", "i-tie"): ("R2", SC.LINK),
+        ("card", "c-pull"): ("R3", SC.LINK)}
+    a1, shared = got[("account", "a1")], got[("device", "d-shared")]
+    assert (a1[SC.RING_LINKS], a1[SC.MONEY_SHARE], a1["link_ring_accounts"]) == (2, 0.5, None)
+    assert a1[SC.C_RING] == pytest.approx(w.ring_member * 0.6)
+    assert (shared["link_ring_accounts"], shared["link_accounts"], shared["attached_ring_type"]) == (3, 3, "mule")
+    assert shared[SC.LINK_STRENGTH] == pytest.approx(1.0 - 0.5 ** 3)
+    assert shared[SC.C_RING] == pytest.approx(w.ring_link * (1.0 - 0.5 ** 3) * 0.9)
