@@ -77,6 +77,7 @@ _Y = "_y"
 _SUM = "_sum"
 _KEY = "_key"
 _NBR, _LO, _HI = "_nbr", "_lo", "_hi"
+_NAME, _OTHER = "_name", "_other"
 _PARENT, _C, _ECHO, _PREV = "_parent", "_c", "_echo", "_prev"
 
 log = logging.getLogger(__name__)
@@ -166,16 +167,16 @@ def spread(e: DataFrame, usable_labels: DataFrame, cfg: RingfenceConfig,
     smooth = F.lit(conf.propagation_smoothing)
     c = F.col
     labelled = seeds(usable_labels)
-    # Every vertex id once with its key: checked for collisions, and used to name the result. Seeds
-    # outside the graph are named apart, so the graph's vertex table, when given, is read as it is.
-    if vertex_ids is None:
-        names = (e.select(c(SRC).alias(ID)).union(e.select(c(DST).alias(ID))).union(labelled.select(ID))
-                 .distinct().withColumn(_KEY, vertex_key(c(ID))).checkpoint())
-        labelled_names = None
-    else:
-        names = vertex_ids.select(ID).withColumn(_KEY, vertex_key(c(ID)))
-        labelled_names = labelled.select(ID).withColumn(_KEY, vertex_key(c(ID)))
-    keyed = _keys_unique(names, labelled_names)
+    # Every vertex id once per key, with the seeds' ids (a seed may be outside the graph): written once,
+    # it is both the collision check and the table that names the result. A key that two ids share
+    # shows as a group whose least and greatest id differ.
+    ids = (vertex_ids.select(ID) if vertex_ids is not None
+           else e.select(c(SRC).alias(ID)).union(e.select(c(DST).alias(ID))))
+    named = (ids.union(labelled.select(ID)).where(c(ID).isNotNull())
+             .groupBy(vertex_key(c(ID)).alias(_KEY))
+             .agg(F.min(ID).alias(_NAME), F.max(ID).alias(_OTHER))
+             .checkpoint())
+    keyed = _keys_unique(named)
 
     def key(name: str) -> Column:
         return vertex_key(c(name)) if keyed else c(name)
@@ -236,35 +237,19 @@ def spread(e: DataFrame, usable_labels: DataFrame, cfg: RingfenceConfig,
                 F.coalesce(c(_C) * c(_PREV), F.lit(0.0)).alias(RISK)))
     if not keyed:
         return every
-    named = names.select(c(ID).alias("_name"), c(_KEY).alias(ID))
-    if labelled_names is None:
-        return every.join(named, ID).select(c("_name").alias(ID), _STRENGTH, _Y, RISK)
-    label_named = labelled_names.select(c(ID).alias("_label_name"), c(_KEY).alias(ID))
-    name = F.coalesce(c("_name"), c("_label_name"),
-                      F.raise_error(F.lit("propagation: a vertex of the edges has no id in the vertex table")))
-    return (every.join(named, ID, "left").join(label_named, ID, "left")
+    name = F.coalesce(c(_NAME), F.raise_error(F.lit("propagation: an edge end is null or has no id in the vertex table")))
+    return (every.join(named.select(c(_KEY).alias(ID), _NAME), ID, "left")
             .select(name.alias(ID), _STRENGTH, _Y, RISK))
 
 
-def _keys_unique(names: DataFrame, labelled_names: DataFrame | None = None) -> bool:
-    """True when no two vertex ids share a key; otherwise a warning, and the iteration keeps the ids.
-
-    ``labelled_names``: the seeds' ids and keys, when ``names`` does not list them; a seed's key may
-    then match no graph id, or its own id, but no other."""
-    def ids_and_keys(t: DataFrame) -> tuple[int, int]:
-        row = t.agg(F.count(_KEY).alias("n"), F.countDistinct(_KEY).alias("keys")).first()  # one row
-        return int(row["n"]), int(row["keys"])
-
-    n, keys = ids_and_keys(names)
-    clashes = n - keys
-    if labelled_names is not None:
-        seeds_n, seed_keys = ids_and_keys(labelled_names)
-        graph_names = names.select(_KEY, F.col(ID).alias("_graph_id"))
-        clashes += seeds_n - seed_keys + (labelled_names.join(graph_names, _KEY)
-                                          .where(F.col(ID) != F.col("_graph_id")).count())
-        n += seeds_n
-    if clashes == 0:
+def _keys_unique(named: DataFrame) -> bool:
+    """True when no two vertex ids share a key (``named``: one row per key with its least and greatest id);
+    otherwise a warning, and the iteration keeps the ids."""
+    row = named.agg(F.count(F.lit(1)).alias("keys"),
+                    F.sum((F.col(_NAME) != F.col(_OTHER)).cast("long")).alias("shared")).first()  # one row
+    shared = int(row["shared"] or 0)
+    if shared == 0:
         return True
-    log.warning("propagation: vertex ids collide under the 64-bit key (at least %d of %d); iterating on "
-                "the ids instead (same result, slower)", clashes, n)
+    log.warning("propagation: vertex ids collide under the 64-bit key (%d of %d keys stand for more than one "
+                "id); iterating on the ids instead (same result, slower)", shared, int(row["keys"]))
     return False
