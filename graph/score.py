@@ -804,7 +804,7 @@ def _attachments(ring_members: DataFrame, typed_rings: DataFrame, infrastructure
     Every candidate (each membership, and each use of an identifier by a ring
     account) goes into one aggregation per entity that keeps the least of
     ``(not a member, -pull, ring id)`` with its columns: no distinct and no
-    window over the candidates (docs/benchmarks.md, "Scoring cost").
+    window over the candidates (docs/benchmarks.md, "Scoring cost against ring discovery").
     """
     w = cfg.scoring.weights
     c = F.col
