@@ -882,9 +882,10 @@ def entity_scores(
     # graph side (attachment, shared-infrastructure texts, propagated risk) is joined first, so the
     # wide signals table (every entity of the window) is shuffled once, not once per join.
     known = c(ENTITY_ID).isNotNull()
-    # The texts are read only for the attached ring's members, so a left join keeps all that is used;
-    # both sides come grouped by entity, and a left join keeps that partitioning (a full outer join
-    # does not), so nothing is shuffled before the propagated risk is joined.
+    # Texts are only for ring accounts (ring_infrastructure), each of them a member with an attachment,
+    # and only the attached ring's are read: a left join from the attachments loses none that is used.
+    # Both sides come grouped by entity and a left join keeps that partitioning (a full outer join does
+    # not), so nothing is shuffled before the propagated risk is joined.
     graph_side = attached.where(known).join(_shared_reasons(infrastructure), list(KEYS), "left")
     graph_side = (graph_side.join(prop.where(known & (c(PROPAGATED_RISK) > 0)), list(KEYS), "full_outer")
                   if prop is not None else graph_side.withColumn(PROPAGATED_RISK, F.lit(None).cast("double")))
